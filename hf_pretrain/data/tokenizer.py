@@ -1,0 +1,111 @@
+"""Tokenizers: load one, or train a byte-level BPE on the corpus in seconds, with every special token we need.
+
+The objectives need more special tokens than most pretrained tokenizers carry: causal LM needs eos (the document
+separator in packed blocks) and pad; masked LM needs mask; T5 span corruption needs sentinels `<extra_id_0>`,
+`<extra_id_1>`, ...; UL2 needs its mode tokens. A trained tokenizer gets all of them; a loaded one is checked by
+`check_special_tokens` before any work starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+BOS, EOS, PAD, UNK, MASK = "<s>", "</s>", "<pad>", "<unk>", "<mask>"
+UL2_MODE_TOKENS = ("[NLU]", "[NLG]", "[S2S]")
+
+# Which tokenizer attributes each objective needs; the values are the attribute names on PreTrainedTokenizerBase.
+REQUIRED_TOKENS = {
+    "clm": ("eos_token", "pad_token"),
+    "mlm": ("eos_token", "pad_token", "mask_token"),
+    "clm_then_mlm": ("eos_token", "pad_token", "mask_token"),
+    "prefix_lm": ("eos_token", "pad_token"),
+    "span_corruption": ("eos_token", "pad_token"),
+    "ul2": ("eos_token", "pad_token"),
+}
+
+
+def sentinel_token(index: int) -> str:
+    """The T5 sentinel for span `index` (0 is the first span)."""
+    return f"<extra_id_{index}>"
+
+
+def train_tokenizer(
+    texts: Iterable[str],
+    vocab_size: int = 4096,
+    num_sentinels: int = 100,
+    mode_tokens: tuple[str, ...] = UL2_MODE_TOKENS,
+    min_frequency: int = 2,
+) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer (GPT-2 / Llama-3 style: no unknown tokens) on `texts`.
+
+    `vocab_size` counts the special tokens. The result is a `PreTrainedTokenizerFast` with bos/eos/pad/unk/mask,
+    `num_sentinels` T5 sentinels (as additional special tokens) and the UL2 mode tokens.
+
+    >>> tok = train_tokenizer(["a tiny corpus", "of two documents"], vocab_size=300, num_sentinels=2)
+    >>> tok.eos_token, tok.mask_token, tok.convert_ids_to_tokens(tok("tiny")["input_ids"])[:1]
+    ('</s>', '<mask>', ['t'])
+    """
+    specials = [PAD, BOS, EOS, UNK, MASK, *mode_tokens, *(sentinel_token(i) for i in range(num_sentinels))]
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    if vocab_size < len(specials) + len(alphabet):
+        raise ValueError(
+            f"vocab_size={vocab_size} is too small: the {len(specials)} special tokens and the 256-byte alphabet "
+            f"need at least {len(specials) + len(alphabet)}."
+        )
+    backend = Tokenizer(models.BPE(unk_token=None))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=specials,
+        initial_alphabet=alphabet,
+        show_progress=False,
+    )
+    backend.train_from_iterator(_nonempty(texts), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        unk_token=UNK,
+        mask_token=MASK,
+        additional_special_tokens=[*mode_tokens, *(sentinel_token(i) for i in range(num_sentinels))],
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def _nonempty(texts: Iterable[str]) -> Iterator[str]:
+    for text in texts:
+        if text and not text.isspace():
+            yield text
+
+
+def load_tokenizer(name_or_path: str, **kwargs) -> PreTrainedTokenizerBase:
+    """Load a tokenizer from the Hub or a local folder, giving it a pad token (= eos) when it has none."""
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        # Safe for our collators: labels mark padding from the attention mask / lengths, never by pad id.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def check_special_tokens(tokenizer: PreTrainedTokenizerBase, objective: str) -> None:
+    """Raise a ValueError naming the missing tokens when `tokenizer` cannot serve `objective`."""
+    if objective not in REQUIRED_TOKENS:
+        raise ValueError(f"Unknown objective {objective!r}; expected one of {sorted(REQUIRED_TOKENS)}.")
+    missing = [name for name in REQUIRED_TOKENS[objective] if getattr(tokenizer, name, None) is None]
+    if objective in ("span_corruption", "ul2") and tokenizer.convert_tokens_to_ids(sentinel_token(0)) in (
+        None,
+        tokenizer.unk_token_id,
+    ):
+        missing.append("sentinel tokens <extra_id_N>")
+    if missing:
+        raise ValueError(
+            f"The tokenizer lacks {', '.join(missing)}, which objective {objective!r} needs. Add them "
+            "(tokenizer.add_special_tokens(...), then model.resize_token_embeddings(len(tokenizer))) or leave "
+            "tokenizer_name_or_path unset to train a tokenizer that has every special token."
+        )
