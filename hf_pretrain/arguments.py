@@ -1,0 +1,169 @@
+"""Typed configuration: what model, what data, how to train. One YAML file or command line fills all three.
+
+Every check that can fail runs in `__post_init__`, before any data is read or any model is built, and its message
+names the field to fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import torch
+from transformers import TrainingArguments
+
+from hf_pretrain.models import MODEL_PRESETS
+
+OBJECTIVES = ("clm",)
+TEXT_SAMPLING = ("document", "paragraph", "line")
+
+
+def _as_dict(value: dict | str | None, name: str) -> dict:
+    """Dict fields come as dicts from YAML and as JSON strings from the command line."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, dict):
+        return value
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{name} must be a mapping (YAML) or a JSON object string, got {value!r}: {error}") from None
+    if not isinstance(parsed, dict):
+        raise ValueError(f"{name} must be a JSON object, got {value!r}.")
+    return parsed
+
+
+@dataclass
+class ModelArguments:
+    """Which model to pretrain: a named preset plus overrides, or a checkpoint to continue pretraining."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Checkpoint (Hub id or local folder) to continue pretraining from. Unset: build from config."
+        },
+    )
+    model_preset: str = field(
+        default="llama-tiny",
+        metadata={"help": f"Architecture preset when building from config. One of {sorted(MODEL_PRESETS)}."},
+    )
+    config_overrides: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Config fields applied on top of the preset, e.g. {'hidden_size': 256, 'num_hidden_layers': 8}."
+        },
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Tokenizer to load (Hub id or folder). Unset: the checkpoint's tokenizer when continuing, "
+            "else a byte-level BPE trained on the training corpus."
+        },
+    )
+    tokenizer_vocab_size: int = field(
+        default=8192,
+        metadata={"help": "Vocabulary size of a tokenizer trained from the corpus (special tokens included)."},
+    )
+    tokenizer_training_documents: int = field(
+        default=100_000, metadata={"help": "At most this many training documents are used to train the tokenizer."}
+    )
+    attn_implementation: str = field(
+        default="sdpa", metadata={"help": "Attention kernel: 'sdpa', 'eager', 'flash_attention_2', ..."}
+    )
+
+    def __post_init__(self):
+        if self.model_name_or_path is None and self.model_preset not in MODEL_PRESETS:
+            raise ValueError(f"model_preset={self.model_preset!r} is unknown; choose one of {sorted(MODEL_PRESETS)}.")
+        self.config_overrides = _as_dict(self.config_overrides, "config_overrides")
+        if self.tokenizer_vocab_size < 512:
+            raise ValueError(f"tokenizer_vocab_size must be at least 512, got {self.tokenizer_vocab_size}.")
+        if self.tokenizer_training_documents < 1:
+            raise ValueError("tokenizer_training_documents must be positive.")
+
+
+@dataclass
+class DataArguments:
+    """Where the text comes from and how it is cut into training blocks."""
+
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "A Hub dataset name (or a local dataset folder) for `datasets.load_dataset`."}
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's configuration name."})
+    data_files: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Local training files (.txt, .jsonl/.json, .parquet), all of one format."},
+    )
+    validation_files: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Local held-out files. Unset: hold out validation_fraction of documents."},
+    )
+    text_column: str = field(default="text", metadata={"help": "The column that holds the documents' text."})
+    text_sample_by: str = field(
+        default="paragraph",
+        metadata={"help": f"How .txt files are split into documents: one of {TEXT_SAMPLING}."},
+    )
+    streaming: bool = field(
+        default=False, metadata={"help": "Stream the Hub dataset instead of downloading it whole (needs max_steps)."}
+    )
+    validation_fraction: float = field(
+        default=0.05,
+        metadata={"help": "Fraction of documents held out for evaluation when no validation set is given."},
+    )
+    block_size: int = field(default=512, metadata={"help": "Tokens per training block (sequence length)."})
+    max_documents: int | None = field(
+        default=None, metadata={"help": "Use at most this many training documents (quick experiments)."}
+    )
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Processes for tokenization (`datasets.map(num_proc=...)`)."}
+    )
+
+    def __post_init__(self):
+        if self.dataset_name and self.data_files:
+            raise ValueError("Give either dataset_name or data_files, not both.")
+        for name in ("data_files", "validation_files"):
+            for path in getattr(self, name):
+                if not os.path.isfile(path):
+                    raise ValueError(f"{name}: no such file {path!r}.")
+        if self.validation_files and not (self.data_files or self.dataset_name):
+            raise ValueError("validation_files needs training data too: set data_files or dataset_name.")
+        if self.text_sample_by not in TEXT_SAMPLING:
+            raise ValueError(f"text_sample_by must be one of {TEXT_SAMPLING}, got {self.text_sample_by!r}.")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}.")
+        if self.block_size < 2:
+            raise ValueError(f"block_size must be at least 2, got {self.block_size}.")
+        if self.max_documents is not None and self.max_documents < 1:
+            raise ValueError(f"max_documents must be positive, got {self.max_documents}.")
+        if self.streaming and not self.dataset_name:
+            raise ValueError("streaming applies to dataset_name; local data_files are read directly.")
+
+
+@dataclass
+class PretrainingArguments(TrainingArguments):
+    """`TrainingArguments` with pretraining defaults and the objective.
+
+    Defaults that differ from transformers': tokens seen are counted (non-padding), logs go nowhere unless asked
+    (`report_to`), evaluation and saving run every `eval_steps` / `save_steps`.
+    """
+
+    objective: str = field(default="clm", metadata={"help": f"Pretraining objective, one of {OBJECTIVES}."})
+    output_dir: str | None = field(default="outputs/run", metadata={"help": "Where checkpoints and the model go."})
+    # Typed `str` (the parent says `str | bool`, which the argument parser reads as bool and then rejects this default).
+    include_num_input_tokens_seen: str = field(
+        default="non_padding", metadata={"help": "Count input tokens seen: 'no', 'all' or 'non_padding'."}
+    )
+    report_to: None | str | list[str] = field(
+        default="none", metadata={"help": "Trackers to report to ('tensorboard', 'wandb', ...), 'none' for none."}
+    )
+    logging_steps: float = field(default=10, metadata={"help": "Log every this many steps (or fraction of steps)."})
+    eval_strategy: str = field(default="steps", metadata={"help": "When to evaluate: 'no', 'steps' or 'epoch'."})
+    eval_steps: float | None = field(default=100, metadata={"help": "Evaluate every this many steps."})
+    save_steps: float = field(default=100, metadata={"help": "Save a checkpoint every this many steps."})
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}.")
+        if self.dataloader_pin_memory and not torch.cuda.is_available():
+            self.dataloader_pin_memory = False  # pinning needs an accelerator; on CPU it only warns every epoch
+        super().__post_init__()

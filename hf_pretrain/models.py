@@ -1,0 +1,101 @@
+"""Model presets and construction: build a model from a named config, or load a checkpoint to continue pretraining.
+
+Presets are plain `AutoConfig` kwargs, so anything a preset sets can be overridden field by field
+(`config_overrides`), and any architecture transformers knows can be built by naming its `model_type`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PretrainedConfig, PreTrainedModel
+
+_LLAMA = {"model_type": "llama", "hidden_act": "silu", "rms_norm_eps": 1e-5, "tie_word_embeddings": False}
+_T5 = {"model_type": "t5", "feed_forward_proj": "gated-gelu", "dropout_rate": 0.0}
+
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    # ~0.3M non-embedding parameters: unit tests and smoke runs.
+    "llama-tiny": {
+        **_LLAMA,
+        "hidden_size": 64,
+        "intermediate_size": 256,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+    },
+    # ~1.6M non-embedding parameters: the CPU quickstart.
+    "llama-mini": {
+        **_LLAMA,
+        "hidden_size": 128,
+        "intermediate_size": 512,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "max_position_embeddings": 1024,
+    },
+    # ~85M non-embedding parameters (GPT-2 small / BERT-base scale): a first real GPU run.
+    "llama-small": {
+        **_LLAMA,
+        "hidden_size": 768,
+        "intermediate_size": 2048,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "num_key_value_heads": 12,
+        "max_position_embeddings": 2048,
+    },
+    "t5-tiny": {
+        **_T5,
+        "d_model": 64,
+        "d_kv": 16,
+        "d_ff": 256,
+        "num_layers": 2,
+        "num_decoder_layers": 2,
+        "num_heads": 4,
+    },
+    "t5-small": {**_T5, "d_model": 512, "d_kv": 64, "d_ff": 1024, "num_layers": 8, "num_heads": 6},
+}
+
+
+def build_config(preset: str, tokenizer, overrides: dict[str, Any] | None = None) -> PretrainedConfig:
+    """A config from a preset and overrides, with the vocabulary and special-token ids of `tokenizer`."""
+    if preset not in MODEL_PRESETS:
+        raise ValueError(f"model_preset={preset!r} is unknown; choose one of {sorted(MODEL_PRESETS)}.")
+    kwargs = {**MODEL_PRESETS[preset], **(overrides or {})}
+    model_type = kwargs.pop("model_type")
+    kwargs.update(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    if model_type == "t5":
+        kwargs["decoder_start_token_id"] = tokenizer.pad_token_id  # T5 convention: the decoder starts from pad
+    return AutoConfig.for_model(model_type, **kwargs)
+
+
+def is_encoder_decoder(config: PretrainedConfig) -> bool:
+    return bool(getattr(config, "is_encoder_decoder", False))
+
+
+def max_positions(config: PretrainedConfig) -> int | None:
+    """Longest sequence the model's position embeddings allow, or None when unbounded (relative positions, T5)."""
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+
+def build_model(config: PretrainedConfig, attn_implementation: str | None = None) -> PreTrainedModel:
+    """A freshly initialised model for `config` (causal LM, or seq2seq for encoder-decoder configs)."""
+    auto_class = AutoModelForSeq2SeqLM if is_encoder_decoder(config) else AutoModelForCausalLM
+    return auto_class.from_config(config, attn_implementation=attn_implementation)
+
+
+def load_model(name_or_path: str, attn_implementation: str | None = None, **kwargs) -> PreTrainedModel:
+    """A pretrained checkpoint (Hub id or folder) to continue pretraining from."""
+    config = AutoConfig.from_pretrained(name_or_path, **kwargs)
+    auto_class = AutoModelForSeq2SeqLM if is_encoder_decoder(config) else AutoModelForCausalLM
+    return auto_class.from_pretrained(name_or_path, attn_implementation=attn_implementation, **kwargs)
+
+
+def count_parameters(model: PreTrainedModel, *, exclude_embeddings: bool = False) -> int:
+    """Trainable parameter count; without embeddings it is the N of the 6·N·D compute estimate."""
+    return model.num_parameters(only_trainable=True, exclude_embeddings=exclude_embeddings)

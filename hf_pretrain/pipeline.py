@@ -1,0 +1,180 @@
+"""The flow of one pretraining run, from resolved arguments to a saved, evaluated model.
+
+    arguments → checks → documents → tokenizer → packed blocks → model → PretrainingTrainer → save, evaluate
+
+Everything that can be checked without the data (unknown keys, block size against the model's positions, missing
+files, existing checkpoints that would be overwritten) is checked before any data is read or any model is built.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import datasets
+import transformers
+from transformers import AutoConfig, PretrainedConfig
+from transformers.trainer_utils import get_last_checkpoint
+
+from hf_pretrain.arguments import DataArguments, ModelArguments, PretrainingArguments
+from hf_pretrain.cli import format_config
+from hf_pretrain.collators.causal import DataCollatorForCausalLM
+from hf_pretrain.data.packing import pack, tokenize_documents
+from hf_pretrain.data.sources import load_documents
+from hf_pretrain.data.tokenizer import check_special_tokens, load_tokenizer, train_tokenizer
+from hf_pretrain.models import MODEL_PRESETS, build_config, build_model, count_parameters, load_model, max_positions
+from hf_pretrain.trainer import PretrainingTrainer
+
+logger = logging.getLogger("hf_pretrain")
+
+RESOLVED_CONFIG_FILE = "resolved_config.yaml"
+TOKENIZER_SUBDIR = "tokenizer"
+
+
+def _declared_positions(model_args: ModelArguments) -> int | None:
+    """The model's position limit, read from the preset or the checkpoint's config without building the model."""
+    if model_args.model_name_or_path:
+        return max_positions(AutoConfig.from_pretrained(model_args.model_name_or_path))
+    settings = {**MODEL_PRESETS[model_args.model_preset], **model_args.config_overrides}
+    return settings.get("max_position_embeddings") or settings.get("n_positions")
+
+
+def resolve_checkpoint(training_args: PretrainingArguments) -> str | None:
+    """The checkpoint to resume from: a path, or `true`/`last` for the newest one in output_dir.
+
+    A fresh run into an output_dir that already holds checkpoints stops here instead of overwriting them.
+    """
+    requested = training_args.resume_from_checkpoint
+    last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+    if requested in (None, "", "false", "False"):
+        if last is not None:
+            raise ValueError(
+                f"output_dir={training_args.output_dir!r} already holds checkpoints ({os.path.basename(last)}). "
+                "Pass --resume_from_checkpoint true to resume, or choose another output_dir."
+            )
+        return None
+    if str(requested).lower() in ("true", "last"):
+        if last is None:
+            raise ValueError(f"resume_from_checkpoint={requested!r}, but output_dir has no checkpoint-* folder.")
+        return last
+    if not os.path.isdir(requested):
+        raise ValueError(f"resume_from_checkpoint: no such checkpoint folder {requested!r}.")
+    return requested
+
+
+def check_before_work(model_args: ModelArguments, data_args: DataArguments, training_args: PretrainingArguments):
+    """Cheap checks that need no data and no model: they fail in seconds, not after tokenizing a corpus."""
+    limit = _declared_positions(model_args)
+    if limit is not None and data_args.block_size > limit:
+        raise ValueError(
+            f"block_size={data_args.block_size} exceeds the model's max_position_embeddings={limit}: lower "
+            "block_size, or raise max_position_embeddings through config_overrides (new models only)."
+        )
+    if data_args.streaming and training_args.max_steps <= 0:
+        raise ValueError("streaming data has no length: set max_steps.")
+    return resolve_checkpoint(training_args)
+
+
+def prepare_tokenizer(model_args: ModelArguments, training_args: PretrainingArguments, documents, text_column: str):
+    """Load the tokenizer, or train one on the corpus. Saved under output_dir, so a resumed run reuses it exactly."""
+    saved = os.path.join(training_args.output_dir, TOKENIZER_SUBDIR)
+    name = model_args.tokenizer_name_or_path or model_args.model_name_or_path
+    if name:
+        return load_tokenizer(name)
+    with training_args.main_process_first(desc="tokenizer"):  # rank 0 trains and saves; the others load it
+        if os.path.isfile(os.path.join(saved, "tokenizer.json")):
+            logger.info("Reusing the tokenizer trained earlier in %s", saved)
+            return load_tokenizer(saved)
+        limit = min(model_args.tokenizer_training_documents, len(documents)) if hasattr(documents, "__len__") else None
+        sample = (
+            documents.select(range(limit))
+            if limit is not None
+            else documents.take(model_args.tokenizer_training_documents)
+        )
+        tokenizer = train_tokenizer((row[text_column] for row in sample), vocab_size=model_args.tokenizer_vocab_size)
+        if training_args.process_index == 0:
+            tokenizer.save_pretrained(saved)
+        logger.info("Trained a byte-level BPE tokenizer with %d tokens.", len(tokenizer))
+        return tokenizer
+
+
+def prepare_blocks(data_args: DataArguments, training_args: PretrainingArguments, tokenizer, train_docs, eval_docs):
+    with training_args.main_process_first(desc="tokenize and pack"):  # rank 0 fills the datasets cache first
+        train = pack(
+            tokenize_documents(train_docs, tokenizer, data_args.text_column, data_args.preprocessing_num_workers),
+            data_args.block_size,
+        )
+        evaluation = None
+        if eval_docs is not None:
+            evaluation = pack(
+                tokenize_documents(eval_docs, tokenizer, data_args.text_column, data_args.preprocessing_num_workers),
+                data_args.block_size,
+            )
+    return train, evaluation
+
+
+def prepare_model(model_args: ModelArguments, tokenizer):
+    if model_args.model_name_or_path:
+        model = load_model(model_args.model_name_or_path, attn_implementation=model_args.attn_implementation)
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(tokenizer))
+        return model
+    config: PretrainedConfig = build_config(model_args.model_preset, tokenizer, model_args.config_overrides)
+    return build_model(config, attn_implementation=model_args.attn_implementation)
+
+
+def _setup_logging(training_args: PretrainingArguments) -> None:
+    """Our messages at INFO on the main process only; transformers and datasets follow `log_level`."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    logger.setLevel(logging.INFO if training_args.should_log else logging.WARNING)
+    if training_args.log_level != "passive":
+        for library in (datasets.utils.logging, transformers.utils.logging):
+            library.set_verbosity(training_args.get_process_log_level())
+
+
+def run_pretraining(model_args: ModelArguments, data_args: DataArguments, training_args: PretrainingArguments):
+    """Train, save and evaluate; returns the final metrics (train and eval)."""
+    _setup_logging(training_args)
+    resume_from = check_before_work(model_args, data_args, training_args)
+    resolved = format_config((model_args, data_args, training_args))
+    logger.info("Resolved config:\n%s", resolved)
+    if training_args.process_index == 0:
+        os.makedirs(training_args.output_dir, exist_ok=True)
+        with open(os.path.join(training_args.output_dir, RESOLVED_CONFIG_FILE), "w") as handle:
+            handle.write(resolved)
+
+    train_docs, eval_docs = load_documents(data_args, seed=training_args.seed)
+    tokenizer = prepare_tokenizer(model_args, training_args, train_docs, data_args.text_column)
+    check_special_tokens(tokenizer, training_args.objective)
+    train_blocks, eval_blocks = prepare_blocks(data_args, training_args, tokenizer, train_docs, eval_docs)
+
+    transformers.set_seed(training_args.seed)
+    model = prepare_model(model_args, tokenizer)
+    n_params = count_parameters(model, exclude_embeddings=True)
+    logger.info("Model: %s, %.2fM non-embedding parameters.", type(model).__name__, n_params / 1e6)
+    if hasattr(train_blocks, "__len__"):
+        logger.info("Data: %d training blocks of %d tokens.", len(train_blocks), data_args.block_size)
+
+    if eval_blocks is None and training_args.eval_strategy != "no":
+        logger.warning("No held-out data: evaluation is disabled.")
+        training_args.eval_strategy = "no"
+    trainer = PretrainingTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_blocks,
+        eval_dataset=eval_blocks,
+        data_collator=DataCollatorForCausalLM(tokenizer),
+        processing_class=tokenizer,
+    )
+    train_result = trainer.train(resume_from_checkpoint=resume_from)
+    trainer.save_model()  # model (safetensors), config, generation config and tokenizer in output_dir
+    metrics = dict(train_result.metrics)
+    trainer.log_metrics("train", train_result.metrics)
+    trainer.save_metrics("train", train_result.metrics)
+    if eval_blocks is not None:
+        eval_metrics = trainer.evaluate()
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        metrics.update(eval_metrics)
+    trainer.save_state()
+    return metrics
