@@ -41,7 +41,7 @@ def train_tokenizer(
 ) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer (GPT-2 / Llama-3 style: no unknown tokens) on `texts`.
 
-    `vocab_size` counts the special tokens. The result is a `PreTrainedTokenizerFast` with bos/eos/pad/unk/mask,
+    `vocab_size` counts the special tokens; it is an upper bound (a small corpus runs out of merges first). The result is a `PreTrainedTokenizerFast` with bos/eos/pad/unk/mask,
     `num_sentinels` T5 sentinels (as additional special tokens) and the UL2 mode tokens.
 
     >>> tok = train_tokenizer(["a tiny corpus", "of two documents"], vocab_size=300, num_sentinels=2)

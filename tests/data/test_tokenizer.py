@@ -1,0 +1,50 @@
+import pytest
+from transformers import AutoTokenizer
+
+from hf_pretrain.data.tokenizer import UL2_MODE_TOKENS, check_special_tokens, sentinel_token, train_tokenizer
+
+
+def test_trained_tokenizer_has_every_special_token(tokenizer):
+    for name in ("bos_token", "eos_token", "pad_token", "unk_token", "mask_token"):
+        assert getattr(tokenizer, name) is not None, name
+    ids = tokenizer.convert_tokens_to_ids([sentinel_token(i) for i in range(100)] + list(UL2_MODE_TOKENS))
+    assert len(set(ids)) == 103 and tokenizer.unk_token_id not in ids
+    assert len(tokenizer) <= 512  # an upper bound: the tiny corpus runs out of merges first
+
+
+def test_vocabulary_size_is_reached_on_a_real_corpus():
+    from hf_pretrain.data.sources import default_corpus
+
+    assert len(train_tokenizer(default_corpus()["text"], vocab_size=2048)) == 2048
+
+
+def test_round_trip_through_save_and_load(tokenizer, tmp_path, tiny_corpus):
+    tokenizer.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    text = tiny_corpus[1]
+    assert loaded(text)["input_ids"] == tokenizer(text)["input_ids"]
+    assert loaded.decode(loaded(text)["input_ids"]) == text  # byte-level BPE is lossless
+    assert loaded.mask_token_id == tokenizer.mask_token_id
+    assert loaded.convert_tokens_to_ids(sentinel_token(7)) == tokenizer.convert_tokens_to_ids(sentinel_token(7))
+
+
+def test_special_tokens_are_single_tokens_in_text(tokenizer):
+    ids = tokenizer("a <mask> b <extra_id_3>", add_special_tokens=False)["input_ids"]
+    assert tokenizer.mask_token_id in ids and tokenizer.convert_tokens_to_ids("<extra_id_3>") in ids
+
+
+def test_vocabulary_too_small_is_an_error():
+    with pytest.raises(ValueError, match="vocab_size=300 is too small"):
+        train_tokenizer(["some text"], vocab_size=300)
+
+
+def test_missing_tokens_are_named_per_objective(tokenizer):
+    check_special_tokens(tokenizer, "ul2")
+    without_mask = train_tokenizer(["x y z"] * 4, vocab_size=400, num_sentinels=0, mode_tokens=())
+    without_mask.mask_token = None
+    with pytest.raises(ValueError, match="lacks mask_token"):
+        check_special_tokens(without_mask, "mlm")
+    with pytest.raises(ValueError, match="sentinel tokens"):
+        check_special_tokens(without_mask, "span_corruption")
+    with pytest.raises(ValueError, match="Unknown objective"):
+        check_special_tokens(tokenizer, "nope")
