@@ -1,0 +1,5 @@
+"""Trainer callbacks, one concern each."""
+
+from .masking_rate import MaskingRateCallback
+
+__all__ = ["MaskingRateCallback"]

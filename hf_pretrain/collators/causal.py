@@ -1,0 +1,93 @@
+"""Causal language modelling: labels are the inputs, ignored (-100) only where there is no real token.
+
+transformers' `DataCollatorForLanguageModeling(mlm=False)` finds padding by comparing with the pad id, so when
+pad == eos (the usual setup for GPT-style tokenizers) every real eos also becomes -100 and the model never learns
+to end a document. Here padding comes from the lengths and the attention mask only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from ._features import collate_packed, collate_padded, is_packed
+
+
+@dataclass
+class DataCollatorForCausalLM:
+    """Pad (or pack) features for causal language modelling; a drop-in `data_collator` / `collate_fn`.
+
+    Padded mode returns `input_ids`, `attention_mask` and `labels` (B, T); labels equal the inputs except -100 at
+    padding (positions beyond a feature's length, or where its given `attention_mask` is 0). Pre-packed blocks
+    (documents joined by eos) pass through unchanged: their eos tokens stay labels. Features that carry their own
+    `labels` keep them (padded with -100).
+
+    Padding-free mode (`padding_free=True`) returns one row (1, N) in the convention of transformers'
+    `DataCollatorWithFlattening(return_flash_attn_kwargs=True)`: `input_ids`, `labels`, `position_ids` restarting
+    at 0 per document, `cu_seq_lens_q/k` (D + 1,) int32 and `max_length_q/k`. The first token of every document
+    gets label -100 so no document is predicted from the one before it. (The model shifts labels by one, so that
+    label would only be the target of the previous document's last position.)
+
+    `__call__(features)` is `add_labels(collate(features))`.
+
+    >>> from hf_pretrain.data.tokenizer import train_tokenizer
+    >>> tok = train_tokenizer(["the quick brown fox", "jumps over the lazy dog"], vocab_size=300, num_sentinels=2)
+    >>> tok.pad_token = tok.eos_token  # pad == eos: eos must stay a label
+    >>> collator = DataCollatorForCausalLM(tok)
+    >>> batch = collator([{"input_ids": [60, 61, 2]}, {"input_ids": [70, 2]}])
+    >>> batch["input_ids"].tolist(), batch["labels"].tolist()
+    ([[60, 61, 2], [70, 2, 2]], [[60, 61, 2], [70, 2, -100]])
+    >>> packed = DataCollatorForCausalLM(tok, padding_free=True)([{"input_ids": [60, 61, 2]}, {"input_ids": [70, 2]}])
+    >>> packed["labels"].tolist(), packed["position_ids"].tolist(), packed["cu_seq_lens_q"].tolist()
+    ([[-100, 61, 2, -100, 2]], [[0, 1, 2, 0, 1]], [0, 3, 5])
+    """
+
+    tokenizer: PreTrainedTokenizerBase | None = None
+    padding_free: bool = False
+    pad_to_multiple_of: int | None = None
+
+    def __post_init__(self):
+        if self.pad_to_multiple_of is not None:
+            if isinstance(self.pad_to_multiple_of, bool) or not isinstance(self.pad_to_multiple_of, int):
+                raise ValueError(
+                    f"pad_to_multiple_of must be a positive int or None, got {self.pad_to_multiple_of!r}."
+                )
+            if self.pad_to_multiple_of < 1:
+                raise ValueError(f"pad_to_multiple_of must be a positive int or None, got {self.pad_to_multiple_of}.")
+            if self.padding_free:
+                raise ValueError("pad_to_multiple_of has no meaning with padding_free=True (nothing is padded).")
+        if not self.padding_free and (self.tokenizer is None or self.tokenizer.pad_token_id is None):
+            raise ValueError(
+                "Padded causal LM needs a tokenizer with a pad token (tokenizer.pad_token); set one (e.g. "
+                "tokenizer.pad_token = tokenizer.eos_token: labels never depend on the pad id) or use "
+                "padding_free=True."
+            )
+
+    def __call__(self, features: Sequence[Mapping]) -> dict[str, torch.Tensor | int]:
+        return self.add_labels(self.collate(features))
+
+    def collate(self, features: Sequence[Mapping]) -> dict[str, torch.Tensor | int]:
+        """Pad (or pack) `input_ids` (and given `labels`), without computing labels."""
+        if self.padding_free:
+            return collate_packed(features, optional=("labels",))
+        return collate_padded(
+            features, self.tokenizer.pad_token_id, self.pad_to_multiple_of, optional={"labels": -100}
+        )
+
+    def add_labels(self, batch: Mapping) -> dict[str, torch.Tensor | int]:
+        """Labels for a collated batch: the inputs (or the given labels), -100 at padding / documents' first tokens."""
+        batch = dict(batch)
+        if "input_ids" not in batch:
+            raise ValueError(f"The batch has no 'input_ids'; found keys {sorted(batch)}.")
+        input_ids = torch.as_tensor(batch["input_ids"])
+        labels = torch.as_tensor(batch["labels"]).clone() if "labels" in batch else input_ids.clone()  # (B, T)
+        if is_packed(batch):
+            starts = torch.as_tensor(batch["cu_seq_lens_q"])[:-1].long()  # (D,) flat index of each document start
+            labels[0, starts[starts < labels.shape[1]]] = -100
+        elif "attention_mask" in batch:
+            labels.masked_fill_(torch.as_tensor(batch["attention_mask"]) == 0, -100)
+        batch["labels"] = labels
+        return batch

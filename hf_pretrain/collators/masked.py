@@ -1,0 +1,349 @@
+"""Masked language modelling (BERT-style 80/10/10) as a vectorized, reproducible data collator.
+
+Compared with transformers' `DataCollatorForLanguageModeling(mlm=True)`: special tokens and padding are never
+selected (the special test is one lookup-table gather, not a Python loop); random replacements come from the
+non-special vocabulary only; whole-word masking keeps the 80/10/10 split and needs no offset mapping; an exact
+count per sequence is available; padding-free (packed) batches are supported; and the masks are keyed by the
+sample's tokens, so a sample gets the same mask in any batch, with any number of DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from ._features import collate_packed, collate_padded, is_packed, packed_lengths, unpack
+from ._tensors import keyed_randint, keyed_uniform, sample_keys
+from ._words import word_start_table
+
+# Stream ids of the keyed draws: one per purpose, so the selection, the 80/10/10 split and the replacement token
+# of a position are independent of each other.
+_SELECT_STREAM = 0x4D4C4D01
+_SPLIT_STREAM = 0x4D4C4D02
+_RANDOM_TOKEN_STREAM = 0x4D4C4D03
+
+# Keys a collated batch carries for the masking transform only; `mask_tokens` removes them before the model sees it.
+_TRANSFORM_KEYS = ("special_tokens_mask", "word_ids")
+
+
+def special_token_table(tokenizer: PreTrainedTokenizerBase) -> np.ndarray:
+    """(V,) bool over the vocabulary, V = len(tokenizer): True for every special token (pad, bos, eos, unk, mask,
+    sentinels, added tokens registered as special)."""
+    table = np.zeros(len(tokenizer), dtype=bool)
+    special = set(tokenizer.all_special_ids)
+    special.update(i for i, token in tokenizer.added_tokens_decoder.items() if token.special)
+    table[[i for i in special if i is not None and 0 <= i < len(table)]] = True
+    return table
+
+
+def _probability(name: str, value) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}.") from None
+    if not 0.0 <= value <= 1.0:  # also rejects NaN
+        raise ValueError(f"{name} must be in [0, 1], got {value}.")
+    return value
+
+
+def _shared_scalar(name: str, dtype: torch.dtype, convert: Callable[[object], float | int]) -> property:
+    """A dataclass-field property stored in a 0-d shared-memory tensor.
+
+    DataLoader workers receive the collator by fork (same pages) or by pickling through torch.multiprocessing,
+    which sends shared tensors as handles to the same storage; either way a value set in the main process is what
+    the workers read at their next batch.
+    """
+    slot = f"_{name}_shared"
+
+    def get(self):
+        return self.__dict__[slot].item()
+
+    def set_(self, value):
+        value = convert(value)
+        store = self.__dict__.get(slot)
+        if store is None:
+            self.__dict__[slot] = torch.tensor(value, dtype=dtype).share_memory_()
+        else:
+            store.fill_(value)
+
+    return property(get, set_, doc=f"`{name}`, kept in shared memory so DataLoader workers see changes.")
+
+
+def _epoch_value(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+        raise ValueError(f"epoch must be a non-negative int, got {value!r}.")
+    return int(value)
+
+
+@dataclass
+class DataCollatorForMaskedLM:
+    """Pad (or pack) features and mask tokens for masked language modelling; a drop-in `data_collator`/`collate_fn`.
+
+    Each maskable token (not special, not padding, not marked in a given `special_tokens_mask`) is selected with
+    probability `mlm_probability` (or, with `exact_count=True`, exactly `round(mlm_probability * maskable)` per
+    sequence are). A selected position gets the label of its original id; every other label is -100. Its input
+    becomes the mask token with probability `mask_replace_prob`, a random non-special token with probability
+    `random_replace_prob`, and stays unchanged otherwise.
+
+    Args:
+        tokenizer: a tokenizer with a mask token, and a pad token unless `padding_free`.
+        mlm_probability: selection rate. Settable during training (`collator.mlm_probability = 0.3`, or
+            `MaskingRateCallback`): it lives in shared memory, so DataLoader worker processes use the new rate from
+            their next batch on. Batches already prefetched keep the rate they were made with.
+        mask_replace_prob, random_replace_prob: the 80/10/10 split of selected tokens.
+        whole_word_mask: select whole words; the split is then drawn per word too (a word is masked, replaced
+            token by token with random tokens, or kept, as a unit). Word boundaries come from a `word_ids` feature
+            when present (`encoding.word_ids()` of a fast tokenizer; None marks special tokens, never selected),
+            else from the vocabulary's word-start convention (byte-level `Ġ`, Metaspace `▁`, WordPiece `##`).
+            Special tokens and padding are always words of their own.
+        exact_count: select exactly `round(mlm_probability * n)` per sequence (Python rounding, half to even),
+            where n counts maskable tokens, or maskable words under `whole_word_mask`.
+        padding_free: return one packed row (1, N) with `position_ids` and `cu_seq_lens_q/k`, `max_length_q/k`
+            (transformers' `DataCollatorWithFlattening` convention) instead of a padded batch with
+            `attention_mask`. Each document gets exactly the labels and inputs it gets in a padded batch.
+        pad_to_multiple_of: round the padded length up to a multiple of this (padded mode only).
+        seed: fixes the masks: a sample's mask is a function of (seed, epoch, its tokens) only, whatever the batch
+            and worker count. None draws a fresh seed per call.
+        epoch: mixed into the keys; bump it (`set_epoch`) so repeated data gets fresh masks. Shared like the rate.
+
+    `__call__(features)` is `mask_tokens(collate(features))`; `collate` is the neutral padding step and
+    `mask_tokens` the transform, usable on any already-collated batch (e.g. at the training step).
+
+    >>> from hf_pretrain.data.tokenizer import train_tokenizer
+    >>> tok = train_tokenizer(["the quick brown fox", "jumps over the lazy dog"], vocab_size=300, num_sentinels=2)
+    >>> collator = DataCollatorForMaskedLM(tok, mlm_probability=0.5, seed=4)
+    >>> features = [{"input_ids": [1, 60, 61, 62, 63, 64, 2]}, {"input_ids": [1, 70, 71, 2]}]
+    >>> batch = collator(features)
+    >>> sorted(batch)
+    ['attention_mask', 'input_ids', 'labels']
+    >>> batch["attention_mask"].tolist()
+    [[1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 0]]
+    >>> batch["labels"].tolist()  # bos (1), eos (2) and padding are never selected
+    [[-100, 60, 61, -100, -100, 64, -100], [-100, 70, -100, -100, -100, -100, -100]]
+    >>> batch["input_ids"].tolist()  # 61, 64 → mask (id 4); 70 → random 63; selected 60 stays unchanged
+    [[1, 60, 4, 62, 63, 4, 2], [1, 63, 71, 2, 0, 0, 0]]
+    >>> bool((collator([features[1]])["labels"] == batch["labels"][1:, :4]).all())  # same mask in any batch
+    True
+    """
+
+    tokenizer: PreTrainedTokenizerBase
+    mlm_probability: float = 0.15
+    mask_replace_prob: float = 0.8
+    random_replace_prob: float = 0.1
+    whole_word_mask: bool = False
+    exact_count: bool = False
+    padding_free: bool = False
+    pad_to_multiple_of: int | None = None
+    seed: int | None = None
+    epoch: int = 0
+
+    def __post_init__(self):
+        self.mask_replace_prob = _probability("mask_replace_prob", self.mask_replace_prob)
+        self.random_replace_prob = _probability("random_replace_prob", self.random_replace_prob)
+        if self.mask_replace_prob + self.random_replace_prob > 1 + 1e-12:
+            raise ValueError(
+                f"mask_replace_prob + random_replace_prob must not exceed 1, got "
+                f"{self.mask_replace_prob} + {self.random_replace_prob}."
+            )
+        if getattr(self.tokenizer, "mask_token_id", None) is None:
+            raise ValueError("The tokenizer has no mask token (tokenizer.mask_token), which masked LM needs.")
+        if not self.padding_free and self.tokenizer.pad_token_id is None:
+            raise ValueError(
+                "The tokenizer has no pad token (tokenizer.pad_token); set one (e.g. tokenizer.pad_token = "
+                "tokenizer.eos_token: labels never depend on the pad id) or use padding_free=True."
+            )
+        if self.pad_to_multiple_of is not None:
+            if isinstance(self.pad_to_multiple_of, bool) or not isinstance(self.pad_to_multiple_of, int):
+                raise ValueError(
+                    f"pad_to_multiple_of must be a positive int or None, got {self.pad_to_multiple_of!r}."
+                )
+            if self.pad_to_multiple_of < 1:
+                raise ValueError(f"pad_to_multiple_of must be a positive int or None, got {self.pad_to_multiple_of}.")
+            if self.padding_free:
+                raise ValueError("pad_to_multiple_of has no meaning with padding_free=True (nothing is padded).")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise ValueError(f"seed must be an int or None, got {self.seed!r}.")
+        self._mask_id = int(self.tokenizer.mask_token_id)
+        self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self._special = special_token_table(self.tokenizer)  # (V,) bool
+        # Random replacements: ids of the non-special vocabulary (K,), indexed by a keyed random integer.
+        self._replacements = torch.from_numpy(np.flatnonzero(~self._special))
+        if len(self._replacements) == 0 and self.random_replace_prob > 0:
+            raise ValueError("random_replace_prob > 0 but the tokenizer has no non-special token to draw from.")
+        self._word_starts = word_start_table(self.tokenizer) if self.whole_word_mask else None  # (V,) bool or None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the keys of `epoch` from the next batch on (seen by DataLoader workers too)."""
+        self.epoch = epoch
+
+    def __call__(self, features: Sequence[Mapping]) -> dict[str, torch.Tensor | int]:
+        return self.mask_tokens(self.collate(features))
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Neutral step: features → tensors.
+    # ----------------------------------------------------------------------------------------------------------
+
+    def collate(self, features: Sequence[Mapping]) -> dict[str, torch.Tensor | int]:
+        """Pad (or pack) the features. Adds `special_tokens_mask` (bool, the given one OR the vocabulary's special
+        tokens) and, when the features have them, `word_ids`; `mask_tokens` consumes both."""
+        if self.padding_free:
+            batch = collate_packed(features, optional=_TRANSFORM_KEYS)
+        else:
+            batch = collate_padded(
+                features, self._pad_id, self.pad_to_multiple_of, optional={"special_tokens_mask": 1, "word_ids": -1}
+            )
+        special = self._special_of(batch["input_ids"].numpy())  # (B, T) or (1, N) bool
+        if "special_tokens_mask" in batch:
+            special |= batch["special_tokens_mask"].numpy() != 0
+        batch["special_tokens_mask"] = torch.from_numpy(special)
+        return batch
+
+    def _special_of(self, ids: np.ndarray) -> np.ndarray:
+        if ids.size and (ids.min() < 0 or ids.max() >= len(self._special)):
+            raise ValueError(
+                f"input_ids holds ids outside the tokenizer's vocabulary [0, {len(self._special)}): "
+                f"min {ids.min()}, max {ids.max()}."
+            )
+        return self._special[ids]  # one gather over the vocabulary table, no isin
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Transform: a collated batch → masked inputs and labels.
+    # ----------------------------------------------------------------------------------------------------------
+
+    def mask_tokens(self, batch: Mapping) -> dict[str, torch.Tensor | int]:
+        """Select and replace tokens of a collated batch (padded with `attention_mask`, or padding-free with
+        `cu_seq_lens_q`); returns a new dict with `input_ids` and `labels`, without the transform-only keys."""
+        batch = dict(batch)
+        if "input_ids" not in batch:
+            raise ValueError(f"The batch has no 'input_ids'; found keys {sorted(batch)}.")
+        # The core runs in numpy: elementwise ops and boolean indexing cost several times less there than in torch
+        # at these sizes; the tensors share memory with the arrays (no copies).
+        input_ids = _as_array(batch["input_ids"], np.int64)
+        special = batch.pop("special_tokens_mask", None)
+        special = self._special_of(input_ids) if special is None else _as_array(special, bool)
+        word_ids = batch.pop("word_ids", None)
+        if word_ids is not None:
+            word_ids = _as_array(word_ids, np.int64)
+
+        packed = is_packed(batch)
+        if packed:
+            # Lay the packed row out per document (D, L) so every document is masked exactly as in a padded batch.
+            lengths = packed_lengths(batch).numpy()  # (D,)
+            ids, real = unpack(input_ids[0], lengths, self._pad_id)  # (D, L), (D, L)
+            special = unpack(special[0], lengths, True)[0]
+            word_ids = None if word_ids is None else unpack(word_ids[0], lengths, -1)[0]
+            key_lengths = lengths
+        else:
+            ids = input_ids  # (B, T)
+            width = ids.shape[1]
+            if "attention_mask" in batch:
+                real = _as_array(batch["attention_mask"], bool)  # (B, T)
+                # The key covers tokens up to the last real one: the same for a sample however it is right-padded.
+                key_lengths = np.where(real.any(1), width - np.argmax(real[:, ::-1], axis=1), 0)
+            else:
+                real = np.ones(ids.shape, dtype=bool)
+                key_lengths = np.full(ids.shape[0], width)
+
+        maskable = real & ~special  # (B, T)
+        if word_ids is not None:
+            maskable &= word_ids >= 0  # None in word_ids marks a special token
+        masked_ids, labels = self._mask_rows(ids, maskable, word_ids, key_lengths)
+
+        if packed:
+            masked_ids, labels = masked_ids[real][None], labels[real][None]  # back to (1, N)
+        batch["input_ids"], batch["labels"] = torch.from_numpy(masked_ids), torch.from_numpy(labels)
+        return batch
+
+    def _keys(self, ids: np.ndarray, key_lengths: np.ndarray) -> np.ndarray:
+        seed = self.seed if self.seed is not None else random.SystemRandom().getrandbits(32)
+        return sample_keys(ids, key_lengths, seed, self.epoch)  # (B,) uint32
+
+    def _word_index(self, ids: np.ndarray, maskable: np.ndarray, word_ids: np.ndarray | None) -> np.ndarray:
+        """Index of each token's word within its row (B, T), from a cumulative sum of word starts."""
+        if word_ids is not None:
+            starts = np.ones(maskable.shape, dtype=bool)
+            starts[:, 1:] = word_ids[:, 1:] != word_ids[:, :-1]
+        elif self._word_starts is not None:
+            starts = self._word_starts[ids]  # (B, T) bool, one gather over the vocabulary table
+        else:
+            raise ValueError(
+                "whole_word_mask=True, but the tokenizer's word-start convention is unknown (not byte-level, "
+                "Metaspace or WordPiece); give each feature 'word_ids' (a fast tokenizer's encoding.word_ids())."
+            )
+        # Unmaskable tokens (special, padding) are words of their own: they start one and end the previous one.
+        starts = starts | ~maskable
+        starts[:, 1:] |= ~maskable[:, :-1]
+        starts[:, 0] = True
+        return np.cumsum(starts, axis=1) - 1
+
+    def _mask_rows(
+        self, ids: np.ndarray, maskable: np.ndarray, word_ids: np.ndarray | None, key_lengths: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The masking proper on right-padded rows (B, T); draw [b, j] is keyed by (sample b, stream, j) only."""
+        rows, width = ids.shape
+        if rows == 0 or width == 0:
+            return ids.copy(), np.full_like(ids, -100)
+        keys = self._keys(ids, key_lengths)
+        probability = self.mlm_probability  # read once: one rate for the whole batch
+        select = keyed_uniform(keys, width, _SELECT_STREAM).numpy()  # (B, T) float32, one draw per word index
+        split = keyed_uniform(keys, width, _SPLIT_STREAM).numpy()  # (B, T)
+
+        if self.whole_word_mask:
+            word = self._word_index(ids, maskable, word_ids)  # (B, T) word index of each token
+            # All tokens of a word share maskability, so scattering them by word index is unambiguous.
+            maskable_word = np.zeros_like(maskable)
+            np.put_along_axis(maskable_word, word, maskable, axis=1)  # (B, W = T) indexed by word
+        else:
+            word, maskable_word = None, maskable
+
+        if self.exact_count:
+            chosen = _smallest_k(select, maskable_word, probability)  # (B, W)
+        else:
+            chosen = (select < np.float32(probability)) & maskable_word  # (B, W)
+
+        if word is not None:
+            selected = np.take_along_axis(chosen, word, axis=1) & maskable  # (B, T): every token of a chosen word
+            split = np.take_along_axis(split, word, axis=1)  # the 80/10/10 decision is made per word
+        else:
+            selected = chosen
+        labels = np.where(selected, ids, -100)  # (B, T)
+        masked_ids = np.where(selected & (split < np.float32(self.mask_replace_prob)), self._mask_id, ids)
+        if self.random_replace_prob > 0:
+            upper = np.float32(self.mask_replace_prob + self.random_replace_prob)
+            to_random = selected & (split >= np.float32(self.mask_replace_prob)) & (split < upper)  # (B, T)
+            picks = keyed_randint(keys, width, _RANDOM_TOKEN_STREAM, len(self._replacements)).numpy()  # (B, T)
+            np.copyto(masked_ids, self._replacements[picks], where=to_random)
+        return masked_ids, labels
+
+
+def _as_array(value, dtype) -> np.ndarray:
+    array = value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+    return array.astype(dtype, copy=False)
+
+
+def _smallest_k(draws: np.ndarray, eligible: np.ndarray, probability: float) -> np.ndarray:
+    """(B, W) bool: in each row, the round(probability * eligible count) eligible positions with the smallest draws.
+
+    Draws have 24 bits; `draw * 2**24 * 2**20 + position` (exact in float64) makes them unique, so a per-row
+    threshold on the sorted values picks exactly k, ties broken by position. A float64 sort is SIMD-fast in numpy.
+    """
+    rows, width = draws.shape
+    count = np.round(eligible.sum(1) * probability).astype(np.int64)  # (B,), half to even as Python's round
+    unique = draws.astype(np.float64) * float(1 << 44) + np.arange(width, dtype=np.float64)  # (B, W)
+    unique[~eligible] = np.inf
+    ordered = np.sort(unique, axis=1)  # (B, W)
+    threshold = ordered[np.arange(rows), np.maximum(count - 1, 0)]  # (B,) the k-th smallest
+    return (unique <= threshold[:, None]) & (count[:, None] > 0) & eligible
+
+
+# The rate and epoch are shared-memory properties over the dataclass fields of the same name; defined after the
+# decorator so the generated __init__ keeps its defaults and assigns through the setters.
+DataCollatorForMaskedLM.mlm_probability = _shared_scalar(
+    "mlm_probability", torch.float64, lambda v: _probability("mlm_probability", v)
+)
+DataCollatorForMaskedLM.epoch = _shared_scalar("epoch", torch.int64, _epoch_value)
