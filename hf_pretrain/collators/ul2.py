@@ -1,0 +1,238 @@
+"""UL2 (Tay et al. 2022): a mixture of denoisers, one drawn per example, each announced by a mode token.
+
+R-denoisers are T5 span corruption with short spans, X-denoisers extreme span corruption (long spans or high
+density), the S-denoiser prefix LM. The denoiser of an example is a keyed draw from its own tokens (same choice in
+any batch); the batch is then grouped by denoiser so each group runs the vectorized span-corruption or prefix-LM
+code once (a Python loop over the few denoisers, none over examples), and all groups are assembled into one padded
+batch in the original example order.
+
+Every example becomes (mode token, source, EOS) and (target, EOS):
+
+* span denoisers: source = corrupted inputs, target = sentinels and spans (T5 layout);
+* the prefix denoiser: source = the first part of the sequence, target = the rest (split as in prefix LM).
+
+Encoder-decoder: `input_ids` = mode + source + EOS, `labels` = target + EOS. Decoder-only: one sequence of both
+parts, `labels` -100 over the first part, and the prefix-LM 4D `attention_mask` (bidirectional over the first part,
+format per `attn_implementation`, see `prefix_lm.py`) with `prefix_lengths`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from hf_pretrain.collators._tensors import sample_keys
+from hf_pretrain.collators.prefix_lm import (
+    IGNORE_INDEX,
+    assemble_rows,
+    check_attn_implementation,
+    check_fraction_range,
+    draw_split_points,
+    fresh_seed,
+    keyed_fraction,
+    prefix_lm_attention_mask,
+    rows_of,
+    shift_right,
+    tokenizer_id,
+)
+from hf_pretrain.collators.span_corruption import (
+    check_span_parameters,
+    missing_sentinels_error,
+    sentinel_ids,
+    span_corrupt_flat,
+)
+
+DENOISER_KINDS = ("span", "prefix")
+STREAM_DENOISER = 5  # keyed stream of the denoiser choice
+STREAM_BASE = 16  # denoiser d draws from streams STREAM_BASE + 2d and + 2d + 1
+
+
+@dataclass(frozen=True)
+class Denoiser:
+    """One UL2 denoiser: `kind="span"` (T5 span corruption with these parameters) or `kind="prefix"` (prefix LM,
+    split uniformly in `prefix_fraction_range`), announced by `mode_token` (None: no token)."""
+
+    kind: str = "span"
+    noise_density: float = 0.15
+    mean_noise_span_length: float = 3.0
+    mode_token: str | None = None
+    prefix_fraction_range: tuple[float, float] = (0.0, 1.0)
+
+    def __post_init__(self):
+        if self.kind not in DENOISER_KINDS:
+            raise ValueError(f"Denoiser kind={self.kind!r} is unknown; expected one of {DENOISER_KINDS}.")
+        if self.kind == "span":
+            check_span_parameters(self.noise_density, self.mean_noise_span_length, where="Denoiser ")
+        else:
+            check_fraction_range(self.prefix_fraction_range, "Denoiser prefix_fraction_range")
+
+
+# The UL2 paper's families: R (regular spans), X (extreme: long spans, or high density), S (sequential / prefix LM).
+UL2_DENOISERS = (
+    Denoiser("span", noise_density=0.15, mean_noise_span_length=3.0, mode_token="[NLU]"),
+    Denoiser("span", noise_density=0.15, mean_noise_span_length=32.0, mode_token="[NLG]"),
+    Denoiser("span", noise_density=0.5, mean_noise_span_length=3.0, mode_token="[NLG]"),
+    Denoiser("prefix", mode_token="[S2S]"),
+)
+
+
+@dataclass
+class DataCollatorForUL2:
+    """UL2 mixture-of-denoisers batches, for encoder-decoder models or (`decoder_only=True`) causal LMs.
+
+    `denoisers` (default `UL2_DENOISERS`: R μ=3 15% `[NLU]`, X μ=32 15% and μ=3 50% `[NLG]`, S prefix LM `[S2S]`)
+    are drawn per example with probabilities proportional to `weights` (default equal). Mode tokens are prepended
+    when `add_mode_tokens`. `return_denoiser_ids` adds `denoiser_ids` (B,), the index of each example's denoiser.
+
+    >>> from hf_pretrain.data.tokenizer import train_tokenizer
+    >>> tok = train_tokenizer(["a tiny corpus", "of two documents"], vocab_size=300, num_sentinels=10)
+    >>> collator = DataCollatorForUL2(tok, return_denoiser_ids=True)
+    >>> batch = collator([{"input_ids": list(range(100, 140))} for _ in range(3)])
+    >>> sorted(batch)
+    ['attention_mask', 'denoiser_ids', 'input_ids', 'labels']
+    >>> modes = tok.convert_ids_to_tokens(batch["input_ids"][:, 0])
+    >>> all(mode == UL2_DENOISERS[d].mode_token for mode, d in zip(modes, batch["denoiser_ids"].tolist()))
+    True
+    """
+
+    tokenizer: PreTrainedTokenizerBase
+    denoisers: Sequence[Denoiser] = UL2_DENOISERS
+    weights: Sequence[float] | None = None
+    add_mode_tokens: bool = True
+    decoder_only: bool = False
+    attn_implementation: str = "sdpa"
+    return_decoder_input_ids: bool = False
+    return_denoiser_ids: bool = False
+    decoder_start_token_id: int | None = None
+    pad_to_multiple_of: int | None = None
+    seed: int | None = None
+    epoch: int = 0
+
+    def __post_init__(self):
+        self.denoisers = tuple(self.denoisers)
+        if not self.denoisers:
+            raise ValueError("denoisers must name at least one Denoiser.")
+        for i, denoiser in enumerate(self.denoisers):
+            if not isinstance(denoiser, Denoiser):
+                raise ValueError(f"denoisers[{i}] must be a Denoiser, got {type(denoiser).__name__}.")
+            # Denoisers validate themselves, but a frozen dataclass can still be built with object.__setattr__.
+            Denoiser.__post_init__(denoiser)
+        weights = np.ones(len(self.denoisers)) if self.weights is None else np.asarray(self.weights, dtype=float)
+        if weights.shape != (len(self.denoisers),):
+            raise ValueError(f"weights must give one weight per denoiser ({len(self.denoisers)}), got {self.weights}.")
+        if not np.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:
+            raise ValueError(f"weights must be finite, non-negative and sum to a positive number, got {self.weights}.")
+        self._cumulative = np.cumsum(weights) / weights.sum()  # (D,) for inverse-CDF sampling
+        if self.decoder_only:
+            check_attn_implementation(self.attn_implementation)
+        self.eos_token_id = tokenizer_id(self.tokenizer, "eos_token_id", "UL2")
+        self.pad_token_id = tokenizer_id(self.tokenizer, "pad_token_id", "UL2")
+        if self.decoder_start_token_id is None:
+            self.decoder_start_token_id = self.pad_token_id
+        self.sentinel_ids = sentinel_ids(self.tokenizer)
+        if any(d.kind == "span" for d in self.denoisers) and len(self.sentinel_ids) == 0:
+            raise missing_sentinels_error(1, 0)
+        vocab = self.tokenizer.get_vocab()
+        self._mode_ids = []
+        for i, denoiser in enumerate(self.denoisers):
+            if not self.add_mode_tokens or denoiser.mode_token is None:
+                self._mode_ids.append(None)
+            elif denoiser.mode_token not in vocab:
+                raise ValueError(
+                    f"denoisers[{i}].mode_token={denoiser.mode_token!r} is not in the tokenizer; add it "
+                    "(tokenizer.add_special_tokens({'extra_special_tokens': [...]}, "
+                    "replace_extra_special_tokens=False)) or set add_mode_tokens=False."
+                )
+            else:
+                self._mode_ids.append(vocab[denoiser.mode_token])
+
+    def set_epoch(self, epoch: int) -> None:
+        """Fresh denoiser choices and corruption for repeated data."""
+        self.epoch = epoch
+
+    def __call__(self, features: Sequence[Mapping]) -> dict[str, torch.Tensor]:
+        _, ids, lengths = rows_of(features, self.pad_token_id)  # (N,), (B, T), (B,)
+        if lengths.min() < 2:
+            raise ValueError("UL2 needs sequences of at least 2 tokens.")
+        keys = sample_keys(ids, lengths, fresh_seed(self.seed), self.epoch)  # (B,) uint32
+        choice = np.searchsorted(self._cumulative, keyed_fraction(keys, STREAM_DENOISER), side="right")  # (B,)
+        choice = np.minimum(choice, len(self.denoisers) - 1)  # guards the cumulative sum's rounding at 1.0
+        cols = np.arange(ids.shape[1])[None, :]  # (1, T)
+        equal_lengths = lengths.min() == ids.shape[1]
+
+        # One vectorized pass per denoiser over its rows; parts are collected flat, in grouped row order.
+        rows, modes, mode_lengths, sources, source_lengths, targets, target_lengths = ([] for _ in range(7))
+        for d, denoiser in enumerate(self.denoisers):
+            group = np.flatnonzero(choice == d)  # (G,)
+            if len(group) == 0:
+                continue
+            group_ids, group_lengths, group_keys = ids[group], lengths[group], keys[group]
+            # (sum of the group's lengths,): the group's real tokens, row after row
+            flat = group_ids.reshape(-1) if equal_lengths else group_ids[cols < group_lengths[:, None]]
+            stream = STREAM_BASE + 2 * d
+            if denoiser.kind == "span":
+                source, source_length, target, target_length = span_corrupt_flat(
+                    flat,
+                    group_lengths,
+                    group_keys,
+                    denoiser.noise_density,
+                    denoiser.mean_noise_span_length,
+                    self.sentinel_ids,
+                    stream,
+                )
+            else:
+                split = draw_split_points(group_keys, group_lengths, denoiser.prefix_fraction_range, stream)
+                source = group_ids[cols < split[:, None]]
+                target = group_ids[(cols >= split[:, None]) & (cols < group_lengths[:, None])]
+                source_length, target_length = split, group_lengths - split
+            has_mode = self._mode_ids[d] is not None
+            rows.append(group)
+            modes.append(np.full(len(group) if has_mode else 0, self._mode_ids[d] or 0, dtype=np.int64))
+            mode_lengths.append(np.full(len(group), int(has_mode), dtype=np.int64))
+            sources.append(source)
+            source_lengths.append(source_length)
+            targets.append(target)
+            target_lengths.append(target_length)
+        grouped = np.concatenate(rows)  # (B,) batch row of each grouped row: parts land there directly
+        mode, mode_length = np.concatenate(modes), np.concatenate(mode_lengths)
+        source, source_length = np.concatenate(sources), np.concatenate(source_lengths)
+        target, target_length = np.concatenate(targets), np.concatenate(target_lengths)
+        ones = np.ones_like(mode_length)
+        eos = self.eos_token_id
+        first = [(mode, mode_length), (source, source_length), (eos, ones)]  # what the model reads
+        second = [(target, target_length), (eos, ones)]  # what it predicts
+        batch = {}
+        if self.decoder_only:
+            input_ids, totals = assemble_rows(
+                first + second, self.pad_token_id, None, self.pad_to_multiple_of, grouped
+            )
+            prefix = np.empty_like(totals)
+            prefix[grouped] = mode_length + source_length + 1
+            labels, _ = assemble_rows(
+                [(IGNORE_INDEX, prefix[grouped]), *second], IGNORE_INDEX, input_ids.shape[1], rows=grouped
+            )
+            batch["input_ids"] = torch.from_numpy(input_ids)
+            batch["labels"] = torch.from_numpy(labels)
+            batch["attention_mask"] = prefix_lm_attention_mask(
+                totals, prefix, input_ids.shape[1], self.attn_implementation
+            )
+            batch["prefix_lengths"] = torch.from_numpy(prefix)
+        else:
+            input_ids, totals = assemble_rows(first, self.pad_token_id, None, self.pad_to_multiple_of, grouped)
+            labels, _ = assemble_rows(second, IGNORE_INDEX, None, self.pad_to_multiple_of, grouped)
+            batch["input_ids"] = torch.from_numpy(input_ids)
+            batch["attention_mask"] = torch.from_numpy(
+                (np.arange(input_ids.shape[1])[None, :] < totals[:, None]).astype(np.int64)
+            )
+            batch["labels"] = torch.from_numpy(labels)
+            if self.return_decoder_input_ids:
+                batch["decoder_input_ids"] = torch.from_numpy(
+                    shift_right(labels, self.decoder_start_token_id, self.pad_token_id)
+                )
+        if self.return_denoiser_ids:
+            batch["denoiser_ids"] = torch.from_numpy(choice.astype(np.int64))
+        return batch
