@@ -15,7 +15,8 @@ from transformers import TrainingArguments
 
 from hf_pretrain.models import MODEL_PRESETS
 
-OBJECTIVES = ("clm",)
+OBJECTIVES = ("clm", "mlm", "clm_then_mlm", "prefix_lm", "span_corruption", "ul2")
+DECAY_TYPES = ("linear", "cosine", "1-sqrt")
 TEXT_SAMPLING = ("document", "paragraph", "line")
 
 
@@ -71,6 +72,10 @@ class ModelArguments:
     attn_implementation: str = field(
         default="sdpa", metadata={"help": "Attention kernel: 'sdpa', 'eager', 'flash_attention_2', ..."}
     )
+    lora_rank: int | None = field(
+        default=None, metadata={"help": "Continue pretraining with a LoRA adapter of this rank (peft); unset: full."}
+    )
+    lora_alpha: float = field(default=32.0, metadata={"help": "LoRA scaling numerator (alpha / rank)."})
 
     def __post_init__(self):
         if self.model_name_or_path is None and self.model_preset not in MODEL_PRESETS:
@@ -78,6 +83,8 @@ class ModelArguments:
         self.config_overrides = _as_dict(self.config_overrides, "config_overrides")
         if self.tokenizer_vocab_size < 512:
             raise ValueError(f"tokenizer_vocab_size must be at least 512, got {self.tokenizer_vocab_size}.")
+        if self.lora_rank is not None and self.lora_rank < 1:
+            raise ValueError(f"lora_rank must be positive, got {self.lora_rank}.")
         if self.tokenizer_training_documents < 1:
             raise ValueError("tokenizer_training_documents must be positive.")
 
@@ -147,7 +154,49 @@ class PretrainingArguments(TrainingArguments):
     (`report_to`), evaluation and saving run every `eval_steps` / `save_steps`.
     """
 
-    objective: str = field(default="clm", metadata={"help": f"Pretraining objective, one of {OBJECTIVES}."})
+    objective: str = field(
+        default="clm",
+        metadata={
+            "help": f"Pretraining objective, one of {OBJECTIVES}. clm_then_mlm trains causal LM, then switches the "
+            "same decoder to bidirectional masked LM at switch_fraction of the steps."
+        },
+    )
+    switch_fraction: float = field(
+        default=0.25, metadata={"help": "clm_then_mlm: fraction of the steps done with CLM before the switch to MLM."}
+    )
+    mlm_probability: float = field(default=0.15, metadata={"help": "Masked LM: fraction of tokens selected."})
+    mask_replace_prob: float = field(default=0.8, metadata={"help": "Masked LM: selected tokens replaced by mask."})
+    random_replace_prob: float = field(default=0.1, metadata={"help": "Masked LM: selected tokens made random."})
+    whole_word_mask: bool = field(default=False, metadata={"help": "Masked LM: select whole words."})
+    noise_density: float = field(default=0.15, metadata={"help": "Span corruption: fraction of tokens noised."})
+    mean_noise_span_length: float = field(default=3.0, metadata={"help": "Span corruption: mean span length."})
+    span_decoder_only: bool = field(
+        default=False,
+        metadata={"help": "Run span corruption / UL2 on a decoder-only model (inputs then targets, prefix mask)."},
+    )
+    # Schedule: Warmup-Stable-Decay. Warmup is transformers' `warmup_steps` (steps, or a fraction when < 1).
+    lr_scheduler_type: str = field(
+        default="warmup_stable_decay",
+        metadata={
+            "help": "'warmup_stable_decay' (WSD, from decay_steps/decay_type/min_lr_ratio) or any transformers type."
+        },
+    )
+    decay_steps: float = field(
+        default=0.1, metadata={"help": "WSD decay length: steps (>= 1) or a fraction of the run (< 1)."}
+    )
+    decay_type: str = field(default="linear", metadata={"help": f"WSD decay shape, one of {DECAY_TYPES}."})
+    min_lr_ratio: float = field(default=0.0, metadata={"help": "WSD: the learning rate ends at this x learning_rate."})
+    cooldown_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "Cooldown branch: a stable-phase checkpoint folder. Its weights are loaded and the run only decays "
+            "the learning rate, from its peak to min_lr_ratio over max_steps (optionally with another objective)."
+        },
+    )
+    peak_flops_per_device: float | None = field(
+        default=None,
+        metadata={"help": "Peak FLOP/s of one device for MFU; unset: looked up from the GPU name (bf16 dense)."},
+    )
     output_dir: str | None = field(default="outputs/run", metadata={"help": "Where checkpoints and the model go."})
     # Typed `str` (the parent says `str | bool`, which the argument parser reads as bool and then rejects this default).
     include_num_input_tokens_seen: str = field(
@@ -164,6 +213,36 @@ class PretrainingArguments(TrainingArguments):
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}.")
+        if not 0.0 < self.switch_fraction < 1.0:
+            raise ValueError(f"switch_fraction must be in (0, 1), got {self.switch_fraction}.")
+        for name in ("mlm_probability", "mask_replace_prob", "random_replace_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}.")
+        if self.mask_replace_prob + self.random_replace_prob > 1.0:
+            raise ValueError("mask_replace_prob + random_replace_prob must not exceed 1.")
+        if not 0.0 < self.noise_density < 1.0:
+            raise ValueError(f"noise_density must be in (0, 1), got {self.noise_density}.")
+        if self.mean_noise_span_length < 1.0:
+            raise ValueError(f"mean_noise_span_length must be at least 1, got {self.mean_noise_span_length}.")
+        if self.decay_type not in DECAY_TYPES:
+            raise ValueError(f"decay_type must be one of {DECAY_TYPES}, got {self.decay_type!r}.")
+        if self.decay_steps < 0 or (self.decay_steps >= 1 and self.decay_steps != int(self.decay_steps)):
+            raise ValueError(
+                f"decay_steps must be a whole number of steps (>= 1) or a fraction (< 1), got {self.decay_steps}."
+            )
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}.")
+        kwargs = _as_dict(self.lr_scheduler_kwargs, "lr_scheduler_kwargs")
+        if self.lr_scheduler_type == "warmup_stable_decay" and kwargs:
+            raise ValueError(
+                f"lr_scheduler_kwargs={kwargs} with warmup_stable_decay: give the decay with decay_steps, decay_type "
+                "and min_lr_ratio (steps or a fraction, stored with checkpoints) instead."
+            )
+        if self.cooldown_from is not None:
+            if not os.path.isdir(self.cooldown_from):
+                raise ValueError(f"cooldown_from: no such checkpoint folder {self.cooldown_from!r}.")
+            if self.max_steps <= 0:
+                raise ValueError("cooldown_from needs max_steps: the number of decay steps of the cooldown branch.")
         if self.dataloader_pin_memory and not torch.cuda.is_available():
             self.dataloader_pin_memory = False  # pinning needs an accelerator; on CPU it only warns every epoch
         super().__post_init__()

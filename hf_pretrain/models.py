@@ -8,7 +8,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PretrainedConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForSeq2SeqLM,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+
+from hf_pretrain.modeling_masked_llama import register_masked_llama
+
+register_masked_llama()  # AutoModelForMaskedLM knows Llama-style decoders from here on
 
 _LLAMA = {"model_type": "llama", "hidden_act": "silu", "rms_norm_eps": 1e-5, "tie_word_embeddings": False}
 _T5 = {"model_type": "t5", "feed_forward_proj": "gated-gelu", "dropout_rate": 0.0}
@@ -83,17 +94,36 @@ def max_positions(config: PretrainedConfig) -> int | None:
     return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
 
 
-def build_model(config: PretrainedConfig, attn_implementation: str | None = None) -> PreTrainedModel:
-    """A freshly initialised model for `config` (causal LM, or seq2seq for encoder-decoder configs)."""
-    auto_class = AutoModelForSeq2SeqLM if is_encoder_decoder(config) else AutoModelForCausalLM
-    return auto_class.from_config(config, attn_implementation=attn_implementation)
+def _auto_class(config: PretrainedConfig, masked_decoder: bool):
+    if is_encoder_decoder(config):
+        return AutoModelForSeq2SeqLM
+    return AutoModelForMaskedLM if masked_decoder else AutoModelForCausalLM
 
 
-def load_model(name_or_path: str, attn_implementation: str | None = None, **kwargs) -> PreTrainedModel:
-    """A pretrained checkpoint (Hub id or folder) to continue pretraining from."""
+def build_model(
+    config: PretrainedConfig, attn_implementation: str | None = None, masked_decoder: bool = False
+) -> PreTrainedModel:
+    """A freshly initialised model for `config`: causal LM, a decoder with a masked-LM head (`masked_decoder`),
+    or seq2seq for encoder-decoder configs."""
+    return _auto_class(config, masked_decoder).from_config(config, attn_implementation=attn_implementation)
+
+
+def load_model(
+    name_or_path: str, attn_implementation: str | None = None, masked_decoder: bool = False, **kwargs
+) -> PreTrainedModel:
+    """A pretrained checkpoint (Hub id or folder) to continue pretraining from. A causal-LM checkpoint loads into
+    a masked-LM decoder as is (same parameter names): the study's continued MLM pretraining from CLM."""
     config = AutoConfig.from_pretrained(name_or_path, **kwargs)
-    auto_class = AutoModelForSeq2SeqLM if is_encoder_decoder(config) else AutoModelForCausalLM
+    auto_class = _auto_class(config, masked_decoder)
     return auto_class.from_pretrained(name_or_path, attn_implementation=attn_implementation, **kwargs)
+
+
+def add_lora(model: PreTrainedModel, rank: int, alpha: float, target_modules: str | list[str] = "all-linear"):
+    """Wrap `model` with a LoRA adapter (peft); only the adapter trains."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=target_modules, lora_dropout=0.0)
+    return get_peft_model(model, config)
 
 
 def count_parameters(model: PreTrainedModel, *, exclude_embeddings: bool = False) -> int:

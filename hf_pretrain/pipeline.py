@@ -18,11 +18,22 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from hf_pretrain.arguments import DataArguments, ModelArguments, PretrainingArguments
 from hf_pretrain.cli import format_config
-from hf_pretrain.collators.causal import DataCollatorForCausalLM
 from hf_pretrain.data.packing import pack, tokenize_documents
 from hf_pretrain.data.sources import load_documents
 from hf_pretrain.data.tokenizer import check_special_tokens, load_tokenizer, train_tokenizer
-from hf_pretrain.models import MODEL_PRESETS, build_config, build_model, count_parameters, load_model, max_positions
+from hf_pretrain.launch_checks import check_deepspeed_config
+from hf_pretrain.models import (
+    MODEL_PRESETS,
+    add_lora,
+    build_config,
+    build_model,
+    count_parameters,
+    is_encoder_decoder,
+    load_model,
+    max_positions,
+)
+from hf_pretrain.objectives import build_collator, check_model_fits_objective
+from hf_pretrain.schedules import wsd_schedule
 from hf_pretrain.trainer import PretrainingTrainer
 
 logger = logging.getLogger("hf_pretrain")
@@ -31,12 +42,12 @@ RESOLVED_CONFIG_FILE = "resolved_config.yaml"
 TOKENIZER_SUBDIR = "tokenizer"
 
 
-def _declared_positions(model_args: ModelArguments) -> int | None:
-    """The model's position limit, read from the preset or the checkpoint's config without building the model."""
+def _declared_config(model_args: ModelArguments) -> PretrainedConfig:
+    """The model's config, from the checkpoint or the preset, without building the model or a tokenizer."""
     if model_args.model_name_or_path:
-        return max_positions(AutoConfig.from_pretrained(model_args.model_name_or_path))
+        return AutoConfig.from_pretrained(model_args.model_name_or_path)
     settings = {**MODEL_PRESETS[model_args.model_preset], **model_args.config_overrides}
-    return settings.get("max_position_embeddings") or settings.get("n_positions")
+    return AutoConfig.for_model(settings.pop("model_type"), **settings)
 
 
 def resolve_checkpoint(training_args: PretrainingArguments) -> str | None:
@@ -64,14 +75,33 @@ def resolve_checkpoint(training_args: PretrainingArguments) -> str | None:
 
 def check_before_work(model_args: ModelArguments, data_args: DataArguments, training_args: PretrainingArguments):
     """Cheap checks that need no data and no model: they fail in seconds, not after tokenizing a corpus."""
-    limit = _declared_positions(model_args)
+    if training_args.cooldown_from and not model_args.model_name_or_path:
+        model_args.model_name_or_path = training_args.cooldown_from  # the branch starts from the checkpoint's weights
+    config = _declared_config(model_args)
+    limit = max_positions(config)
     if limit is not None and data_args.block_size > limit:
         raise ValueError(
             f"block_size={data_args.block_size} exceeds the model's max_position_embeddings={limit}: lower "
             "block_size, or raise max_position_embeddings through config_overrides (new models only)."
         )
+    objective = training_args.objective
+    check_model_fits_objective(objective, config, model_args.attn_implementation)
+    if (
+        objective in ("span_corruption", "ul2")
+        and not is_encoder_decoder(config)
+        and not training_args.span_decoder_only
+    ):
+        raise ValueError(
+            f"objective={objective!r} on a decoder-only model needs span_decoder_only: true (inputs then "
+            "targets in one sequence, bidirectional over the inputs), or an encoder-decoder model_preset."
+        )
     if data_args.streaming and training_args.max_steps <= 0:
         raise ValueError("streaming data has no length: set max_steps.")
+    check_deepspeed_config(training_args.deepspeed)
+    if training_args.max_steps > 0 and training_args.lr_scheduler_type == "warmup_stable_decay":
+        _ = wsd_schedule(  # raises when warmup + decay exceed the run, naming both
+            training_args.max_steps, training_args.warmup_steps, training_args.decay_steps, training_args.decay_type
+        )
     return resolve_checkpoint(training_args)
 
 
@@ -113,14 +143,22 @@ def prepare_blocks(data_args: DataArguments, training_args: PretrainingArguments
     return train, evaluation
 
 
-def prepare_model(model_args: ModelArguments, tokenizer):
+def needs_masked_decoder(objective: str) -> bool:
+    return objective in ("mlm", "clm_then_mlm")
+
+
+def prepare_model(model_args: ModelArguments, tokenizer, objective: str = "clm"):
+    masked = needs_masked_decoder(objective)
     if model_args.model_name_or_path:
-        model = load_model(model_args.model_name_or_path, attn_implementation=model_args.attn_implementation)
+        model = load_model(model_args.model_name_or_path, model_args.attn_implementation, masked_decoder=masked)
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tokenizer))
-        return model
-    config: PretrainedConfig = build_config(model_args.model_preset, tokenizer, model_args.config_overrides)
-    return build_model(config, attn_implementation=model_args.attn_implementation)
+    else:
+        config: PretrainedConfig = build_config(model_args.model_preset, tokenizer, model_args.config_overrides)
+        model = build_model(config, attn_implementation=model_args.attn_implementation, masked_decoder=masked)
+    if model_args.lora_rank:
+        model = add_lora(model, model_args.lora_rank, model_args.lora_alpha)
+    return model
 
 
 def _setup_logging(training_args: PretrainingArguments) -> None:
@@ -149,7 +187,7 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments, traini
     train_blocks, eval_blocks = prepare_blocks(data_args, training_args, tokenizer, train_docs, eval_docs)
 
     transformers.set_seed(training_args.seed)
-    model = prepare_model(model_args, tokenizer)
+    model = prepare_model(model_args, tokenizer, training_args.objective)
     n_params = count_parameters(model, exclude_embeddings=True)
     logger.info("Model: %s, %.2fM non-embedding parameters.", type(model).__name__, n_params / 1e6)
     if hasattr(train_blocks, "__len__"):
@@ -163,8 +201,9 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments, traini
         args=training_args,
         train_dataset=train_blocks,
         eval_dataset=eval_blocks,
-        data_collator=DataCollatorForCausalLM(tokenizer),
+        data_collator=build_collator(training_args, tokenizer, decoder_only=not model.config.is_encoder_decoder),
         processing_class=tokenizer,
+        sequence_length=data_args.block_size,
     )
     train_result = trainer.train(resume_from_checkpoint=resume_from)
     trainer.save_model()  # model (safetensors), config, generation config and tokenizer in output_dir
