@@ -73,13 +73,11 @@ class ThroughputMeter:
     _last_time: float | None = field(default=None, init=False)
     _last_tokens: int = field(default=0, init=False)
 
-    def start(self, tokens_seen: int) -> None:
-        self._last_time, self._last_tokens = time.perf_counter(), tokens_seen
-
     def update(self, tokens_seen: int) -> dict[str, float]:
+        """Metrics since the previous call ({} at the first call, which only starts the clock)."""
         now = time.perf_counter()
         if self._last_time is None:
-            self.start(tokens_seen)
+            self._last_time, self._last_tokens = now, tokens_seen
             return {}
         elapsed, tokens = now - self._last_time, tokens_seen - self._last_tokens
         self._last_time, self._last_tokens = now, tokens_seen

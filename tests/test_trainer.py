@@ -120,6 +120,20 @@ def test_resume_reproduces_the_uninterrupted_run(switched_run, tmp_path, checkpo
         assert resumed[step]["learning_rate"] == pytest.approx(full[step]["learning_rate"], rel=1e-9), step
 
 
+def test_continued_mlm_pretraining_with_lora_from_a_clm_checkpoint(tmp_path):
+    from safetensors.torch import load_file
+
+    source = str(tmp_path / "clm")
+    pretrain.main([*TINY, "--output_dir", source, "--max_steps", "4", "--save_steps", "4"])
+    out = str(tmp_path / "cpt")
+    pretrain.main([*TINY, "--output_dir", out, "--max_steps", "3", "--objective", "mlm", "--model_name_or_path",
+                   os.path.join(source, "checkpoint-4"), "--lora_rank", "4"])  # fmt: skip
+    adapter = load_file(os.path.join(out, "adapter_model.safetensors"))
+    assert adapter and all("lora_" in name for name in adapter)  # only the adapter is trained and saved
+    logs = train_logs(out)
+    assert all("mlm_accuracy" in logs[s] for s in (1, 2, 3))
+
+
 CONFIG_OVERRIDES = ["--max_steps", "3", "--eval_steps", "3", "--save_steps", "3", "--logging_steps", "1",
                     "--max_documents", "30", "--tokenizer_vocab_size", "1024", "--per_device_train_batch_size", "4",
                     "--warmup_steps", "1", "--decay_steps", "1", "--disable_tqdm", "true"]  # fmt: skip
