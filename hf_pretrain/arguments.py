@@ -193,6 +193,16 @@ class PretrainingArguments(TrainingArguments):
             "the learning rate, from its peak to min_lr_ratio over max_steps (optionally with another objective)."
         },
     )
+    global_batch_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "Target tokens per optimizer step over all processes (as papers quote it); sets "
+            "gradient_accumulation_steps from world size, per-device batch and block_size, or errors if unreachable."
+        },
+    )
+    global_batch_size: int | None = field(
+        default=None, metadata={"help": "Target sequences per optimizer step over all processes (instead of tokens)."}
+    )
     peak_flops_per_device: float | None = field(
         default=None,
         metadata={"help": "Peak FLOP/s of one device for MFU; unset: looked up from the GPU name (bf16 dense)."},
@@ -238,6 +248,8 @@ class PretrainingArguments(TrainingArguments):
                 f"lr_scheduler_kwargs={kwargs} with warmup_stable_decay: give the decay with decay_steps, decay_type "
                 "and min_lr_ratio (steps or a fraction, stored with checkpoints) instead."
             )
+        if self.global_batch_tokens is not None and self.global_batch_size is not None:
+            raise ValueError("Give global_batch_tokens or global_batch_size, not both.")
         if self.cooldown_from is not None:
             if not os.path.isdir(self.cooldown_from):
                 raise ValueError(f"cooldown_from: no such checkpoint folder {self.cooldown_from!r}.")

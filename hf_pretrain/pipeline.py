@@ -21,7 +21,7 @@ from hf_pretrain.cli import format_config
 from hf_pretrain.data.packing import pack, tokenize_documents
 from hf_pretrain.data.sources import load_documents
 from hf_pretrain.data.tokenizer import check_special_tokens, load_tokenizer, train_tokenizer
-from hf_pretrain.launch_checks import check_deepspeed_config
+from hf_pretrain.launch import check_deepspeed_config, describe_batch, resolve_global_batch
 from hf_pretrain.models import (
     MODEL_PRESETS,
     add_lora,
@@ -98,6 +98,15 @@ def check_before_work(model_args: ModelArguments, data_args: DataArguments, trai
     if data_args.streaming and training_args.max_steps <= 0:
         raise ValueError("streaming data has no length: set max_steps.")
     check_deepspeed_config(training_args.deepspeed)
+    target_tokens, target_sequences = training_args.global_batch_tokens, training_args.global_batch_size
+    if target_tokens is not None or target_sequences is not None:
+        training_args.gradient_accumulation_steps = resolve_global_batch(
+            training_args.world_size,
+            training_args.per_device_train_batch_size,
+            data_args.block_size,
+            tokens=target_tokens,
+            sequences=target_sequences,
+        )
     if training_args.max_steps > 0 and training_args.lr_scheduler_type == "warmup_stable_decay":
         _ = wsd_schedule(  # raises when warmup + decay exceed the run, naming both
             training_args.max_steps, training_args.warmup_steps, training_args.decay_steps, training_args.decay_type
@@ -190,6 +199,15 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments, traini
     model = prepare_model(model_args, tokenizer, training_args.objective)
     n_params = count_parameters(model, exclude_embeddings=True)
     logger.info("Model: %s, %.2fM non-embedding parameters.", type(model).__name__, n_params / 1e6)
+    logger.info(
+        "Batch: %s",
+        describe_batch(
+            training_args.world_size,
+            training_args.per_device_train_batch_size,
+            training_args.gradient_accumulation_steps,
+            data_args.block_size,
+        ),
+    )
     if hasattr(train_blocks, "__len__"):
         logger.info("Data: %d training blocks of %d tokens.", len(train_blocks), data_args.block_size)
 

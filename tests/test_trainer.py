@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
-from hf_pretrain.launch_checks import check_deepspeed_config
+from hf_pretrain.launch import check_deepspeed_config
 from hf_pretrain.schedules import schedule_from_checkpoint, wsd_schedule
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,0 +1,75 @@
+"""The launch setup: the global batch a paper quotes, and the DeepSpeed / Accelerate checks that must fail before
+training instead of silently changing it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+
+logger = logging.getLogger(__name__)
+
+
+def load_deepspeed_config(config: str | Mapping | None) -> dict | None:
+    if config is None or isinstance(config, Mapping):
+        return dict(config) if config is not None else None
+    if not os.path.isfile(config):
+        raise ValueError(f"deepspeed: no such config file {config!r}.")
+    with open(config) as handle:
+        try:
+            return json.load(handle)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"deepspeed: {config!r} is not valid JSON: {error}") from None
+
+
+def check_deepspeed_config(config: str | Mapping | None) -> None:
+    """A DeepSpeed `scheduler` block silently replaces the Trainer's schedule (our WSD), and an `optimizer` block
+    its optimizer; both make a run differ from its config without a word, so both are errors."""
+    loaded = load_deepspeed_config(config)
+    if not loaded:
+        return
+    for block, owner in (("scheduler", "the WSD schedule (decay_steps, decay_type, ...)"), ("optimizer", "optim")):
+        if block in loaded:
+            raise ValueError(
+                f"The DeepSpeed config has a {block!r} block, which would silently replace the Trainer's {owner}. "
+                f"Remove the block; the Trainer passes its own {block} to DeepSpeed ('auto' values come from "
+                "the training arguments)."
+            )
+
+
+def resolve_global_batch(
+    world_size: int, per_device: int, sequence_length: int, tokens: int | None = None, sequences: int | None = None
+) -> int:
+    """Gradient accumulation steps that make the global batch exactly `tokens` (or `sequences`) per optimizer step.
+
+    global batch (sequences) = world_size x per_device x accumulation; in tokens, x sequence_length. A target that
+    no whole accumulation reaches is an error naming the nearest reachable batches, never a silent rounding.
+
+    >>> resolve_global_batch(world_size=64, per_device=8, sequence_length=4096, tokens=4 * 2**20)
+    2
+    """
+    if (tokens is None) == (sequences is None):
+        raise ValueError("Give the global batch as global_batch_tokens or global_batch_size (sequences), not both.")
+    per_step = world_size * per_device * (sequence_length if tokens is not None else 1)
+    target, name = (tokens, "global_batch_tokens") if tokens is not None else (sequences, "global_batch_size")
+    if target <= 0:
+        raise ValueError(f"{name} must be positive, got {target}.")
+    accumulation, remainder = divmod(target, per_step)
+    if remainder or accumulation == 0:
+        lower, upper = max(accumulation, 1) * per_step, (accumulation + 1) * per_step
+        raise ValueError(
+            f"{name}={target} is not reachable: world_size {world_size} x per_device_train_batch_size {per_device}"
+            + (f" x block_size {sequence_length}" if tokens is not None else "")
+            + f" = {per_step} per micro-step, so the global batch is a multiple of {per_step} (e.g. {lower} or "
+            f"{upper}); change {name}, per_device_train_batch_size or the number of processes."
+        )
+    return accumulation
+
+
+def describe_batch(world_size: int, per_device: int, accumulation: int, sequence_length: int) -> str:
+    sequences = world_size * per_device * accumulation
+    return (
+        f"world_size={world_size}, per_device_train_batch_size={per_device}, gradient_accumulation_steps="
+        f"{accumulation}: global batch {sequences} sequences = {sequences * sequence_length:,} tokens per step"
+    )
