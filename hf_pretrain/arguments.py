@@ -20,6 +20,12 @@ DECAY_TYPES = ("linear", "cosine", "1-sqrt")
 TEXT_SAMPLING = ("document", "paragraph", "line")
 
 
+def _has_accelerator() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    xpu = getattr(torch, "xpu", None)
+    return torch.cuda.is_available() or bool(mps and mps.is_available()) or bool(xpu and xpu.is_available())
+
+
 def _as_dict(value: dict | str | None, name: str) -> dict:
     """Dict fields come as dicts from YAML and as JSON strings from the command line."""
     if value is None or value == "":
@@ -219,6 +225,11 @@ class PretrainingArguments(TrainingArguments):
     eval_strategy: str = field(default="steps", metadata={"help": "When to evaluate: 'no', 'steps' or 'epoch'."})
     eval_steps: float | None = field(default=100, metadata={"help": "Evaluate every this many steps."})
     save_steps: float = field(default=100, metadata={"help": "Save a checkpoint every this many steps."})
+    ddp_find_unused_parameters: bool | None = field(
+        default=False,
+        metadata={"help": "DDP: search for unused parameters every step (off: every parameter gets a gradient)."},
+    )
+
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -255,6 +266,15 @@ class PretrainingArguments(TrainingArguments):
                 raise ValueError(f"cooldown_from: no such checkpoint folder {self.cooldown_from!r}.")
             if self.max_steps <= 0:
                 raise ValueError("cooldown_from needs max_steps: the number of decay steps of the cooldown branch.")
-        if self.dataloader_pin_memory and not torch.cuda.is_available():
+        if not _has_accelerator():
             self.dataloader_pin_memory = False  # pinning needs an accelerator; on CPU it only warns every epoch
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a backend makes Accelerate assume a process group
+                # Processes on CPUs talk over gloo; left unset, DeepSpeed's CPU path mis-sizes the world.
+                self.ddp_backend = self.ddp_backend or "gloo"
+            # `accelerate launch` with a multi-process config does not tell the workers to use the CPU (only its
+            # single-process launcher exports ACCELERATE_USE_CPU), and without it two processes train side by
+            # side, each alone. DeepSpeed's CPU accelerator has its own path and must not be redirected.
+            deepspeed = self.deepspeed or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+            if not deepspeed:
+                self.use_cpu = True
         super().__post_init__()

@@ -25,10 +25,17 @@ def load_deepspeed_config(config: str | Mapping | None) -> dict | None:
 
 def check_deepspeed_config(config: str | Mapping | None) -> None:
     """A DeepSpeed `scheduler` block silently replaces the Trainer's schedule (our WSD), and an `optimizer` block
-    its optimizer; both make a run differ from its config without a word, so both are errors."""
+    its optimizer; both make a run differ from its config without a word, so both are errors. ZeRO-3 must gather
+    its sharded weights at save, or no checkpoint loads with `from_pretrained`."""
     loaded = load_deepspeed_config(config)
     if not loaded:
         return
+    zero = loaded.get("zero_optimization", {})
+    if zero.get("stage") == 3 and zero.get("stage3_gather_16bit_weights_on_model_save") not in (True, "true", "auto"):
+        raise ValueError(
+            "The DeepSpeed config uses ZeRO-3 without zero_optimization.stage3_gather_16bit_weights_on_model_save: "
+            "true, so saved models would hold only shards that from_pretrained cannot load. Set it to true."
+        )
     for block, owner in (("scheduler", "the WSD schedule (decay_steps, decay_type, ...)"), ("optimizer", "optim")):
         if block in loaded:
             raise ValueError(
@@ -73,3 +80,44 @@ def describe_batch(world_size: int, per_device: int, accumulation: int, sequence
         f"world_size={world_size}, per_device_train_batch_size={per_device}, gradient_accumulation_steps="
         f"{accumulation}: global batch {sequences} sequences = {sequences * sequence_length:,} tokens per step"
     )
+
+
+ACCELERATE_TYPES = ("NO", "MULTI_CPU", "MULTI_GPU", "DEEPSPEED", "FSDP", "MULTI_XPU", "MULTI_NPU", "XLA")
+
+
+def check_accelerate_config(path: str) -> dict:
+    """Check an `accelerate launch --config_file` YAML before launching; returns the parsed config.
+
+    Errors: an unknown distributed_type, a process count that does not split evenly over its machines
+    (num_processes is the TOTAL over all machines), several machines without a head address, MULTI_CPU with
+    several processes (it starts only one), and a DeepSpeed JSON that fails `check_deepspeed_config`.
+    """
+    import yaml
+
+    with open(path) as handle:
+        config = yaml.safe_load(handle) or {}
+    kind = str(config.get("distributed_type", "NO"))
+    if kind not in ACCELERATE_TYPES:
+        raise ValueError(f"{path}: distributed_type {kind!r} is unknown; expected one of {ACCELERATE_TYPES}.")
+    machines, processes = int(config.get("num_machines", 1)), int(config.get("num_processes", 1))
+    if machines < 1 or processes < machines or processes % machines:
+        raise ValueError(
+            f"{path}: num_processes={processes} does not split evenly over num_machines={machines}; num_processes "
+            "is the total over all machines (machines x processes per machine)."
+        )
+    if machines > 1 and not config.get("main_process_ip"):
+        raise ValueError(f"{path}: {machines} machines need main_process_ip (the address of machine_rank 0).")
+    if kind == "MULTI_CPU" and processes > 1:
+        raise ValueError(
+            f"{path}: distributed_type MULTI_CPU starts a single process under `accelerate launch`; for "
+            "data-parallel CPU processes use distributed_type: MULTI_GPU with use_cpu: true."
+        )
+    if kind == "DEEPSPEED":
+        ds_file = (config.get("deepspeed_config") or {}).get("deepspeed_config_file")
+        if not ds_file:
+            raise ValueError(
+                f"{path}: DEEPSPEED needs deepspeed_config.deepspeed_config_file (see configs/deepspeed/)."
+            )
+        check_deepspeed_config(ds_file)
+    return config
+

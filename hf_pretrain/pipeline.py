@@ -15,6 +15,7 @@ import datasets
 import transformers
 from transformers import AutoConfig, PretrainedConfig
 from transformers.trainer_utils import get_last_checkpoint
+from transformers.training_args import ParallelMode
 
 from hf_pretrain.arguments import DataArguments, ModelArguments, PretrainingArguments
 from hf_pretrain.cli import format_config
@@ -95,9 +96,16 @@ def check_before_work(model_args: ModelArguments, data_args: DataArguments, trai
             f"objective={objective!r} on a decoder-only model needs span_decoder_only: true (inputs then "
             "targets in one sequence, bidirectional over the inputs), or an encoder-decoder model_preset."
         )
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and training_args.parallel_mode != ParallelMode.DISTRIBUTED:
+        raise ValueError(
+            f"{launched} processes were launched but they would train independently (parallel mode "
+            f"{training_args.parallel_mode.value}); on CPUs use configs/accelerate/cpu_2proc.yaml or set use_cpu: true."
+        )
     if data_args.streaming and training_args.max_steps <= 0:
         raise ValueError("streaming data has no length: set max_steps.")
-    check_deepspeed_config(training_args.deepspeed)
+    # `--deepspeed` on the command line, or the JSON that `accelerate launch` (DEEPSPEED config) passes on.
+    check_deepspeed_config(training_args.deepspeed or os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE"))
     target_tokens, target_sequences = training_args.global_batch_tokens, training_args.global_batch_size
     if target_tokens is not None or target_sequences is not None:
         training_args.gradient_accumulation_steps = resolve_global_batch(

@@ -7,16 +7,27 @@ One process, CPU or one GPU:
 Override any field on the command line, print the resolved config without running:
     accelerate launch recipes/pretrain.py recipes/configs/quickstart.yaml --max_steps 50 --dry_run
 
+Data-parallel on 2 CPU processes, on 8 GPUs, with DeepSpeed ZeRO-3 (see configs/accelerate/ and the README):
+    accelerate launch --config_file configs/accelerate/cpu_2proc.yaml recipes/pretrain.py recipes/configs/quickstart.yaml
+    accelerate launch --config_file configs/accelerate/multi_gpu.yaml recipes/pretrain.py my_config.yaml
+    accelerate launch --config_file configs/accelerate/deepspeed_zero3.yaml recipes/pretrain.py my_config.yaml
+
 Resume an interrupted run from its newest checkpoint:
     accelerate launch recipes/pretrain.py recipes/configs/quickstart.yaml --resume_from_checkpoint true
 """
+
+import torch
 
 from hf_pretrain import DataArguments, ModelArguments, PretrainingArguments, parse_config, run_pretraining
 
 
 def main(argv=None):
     model_args, data_args, training_args = parse_config((ModelArguments, DataArguments, PretrainingArguments), argv)
-    return run_pretraining(model_args, data_args, training_args)
+    try:
+        return run_pretraining(model_args, data_args, training_args)
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()  # without it, multi-process exits crash now and then
 
 
 if __name__ == "__main__":
