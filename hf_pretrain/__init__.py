@@ -1,7 +1,7 @@
 """hf_pretrain: pre-train and continue pre-training language models with the Hugging Face stack."""
 
 from hf_pretrain.arguments import DataArguments, ModelArguments, PretrainingArguments
-from hf_pretrain.callbacks import MaskingRateCallback, ObjectiveSwitchCallback
+from hf_pretrain.callbacks import HubRevisionsCallback, MaskingRateCallback, ObjectiveSwitchCallback
 from hf_pretrain.cli import parse_config
 from hf_pretrain.collators import (
     UL2_DENOISERS,
@@ -16,6 +16,7 @@ from hf_pretrain.collators import (
     prefix_lm_attention_mask,
 )
 from hf_pretrain.data.tokenizer import train_tokenizer
+from hf_pretrain.hub import HubPublisher, RetryPolicy
 from hf_pretrain.modeling_masked_llama import LlamaForMaskedLM, masked_lm_loss, set_bidirectional
 from hf_pretrain.models import MODEL_PRESETS, build_config, build_model
 from hf_pretrain.objectives import ObjectivePlan
@@ -35,6 +36,8 @@ __all__ = [
     "DataCollatorForSpanCorruption",
     "DataCollatorForUL2",
     "Denoiser",
+    "HubPublisher",
+    "HubRevisionsCallback",
     "LlamaForMaskedLM",
     "MaskingRateCallback",
     "ModelArguments",
@@ -42,6 +45,7 @@ __all__ = [
     "ObjectiveSwitchCallback",
     "PretrainingArguments",
     "PretrainingTrainer",
+    "RetryPolicy",
     "WSDSchedule",
     "add_sentinel_tokens",
     "build_config",

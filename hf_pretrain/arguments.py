@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
+from hf_pretrain.hub import DEFAULT_REVISION_TEMPLATE, check_revision_template
 from hf_pretrain.models import MODEL_PRESETS
 
 OBJECTIVES = ("clm", "mlm", "clm_then_mlm", "prefix_lm", "span_corruption", "ul2")
@@ -213,6 +214,33 @@ class PretrainingArguments(TrainingArguments):
         default=None,
         metadata={"help": "Peak FLOP/s of one device for MFU; unset: looked up from the GPU name (bf16 dense)."},
     )
+    # Publishing (with push_to_hub; hf_pretrain/hub.py): pushes run in the background and never stop training.
+    push_checkpoint_revisions: bool = field(
+        default=True,
+        metadata={"help": "With push_to_hub: push every saved checkpoint to its own branch of hub_model_id."},
+    )
+    hub_revision_template: str = field(
+        default=DEFAULT_REVISION_TEMPLATE,
+        metadata={
+            "help": "Branch name of a checkpoint, from {step}, {tokens} (tokens seen) and {tokens_h} (tokens seen, "
+            "as in 2.1B); {step} is required. E.g. 'step{step}' (Pythia) or 'stage1-step{step}-tokens{tokens_h}'."
+        },
+    )
+    model_card_license: str = field(
+        default="other", metadata={"help": "License id in the model card's metadata: apache-2.0, mit, other, ..."}
+    )
+    hub_push_attempts: int = field(
+        default=8,
+        metadata={"help": "Attempts per push (network errors, 429 and 5xx are retried) before it is reported failed."},
+    )
+    hub_retry_delay: float = field(
+        default=5.0, metadata={"help": "Seconds before retrying a failed push; doubles each time up to the max."}
+    )
+    hub_retry_max_delay: float = field(default=300.0, metadata={"help": "Longest wait between two push attempts."})
+    hub_wait_timeout: float = field(
+        default=3600.0,
+        metadata={"help": "After training, wait at most this many seconds for pending pushes, then report them."},
+    )
     output_dir: str | None = field(default="outputs/run", metadata={"help": "Where checkpoints and the model go."})
     # Typed `str` (the parent says `str | bool`, which the argument parser reads as bool and then rejects this default).
     include_num_input_tokens_seen: str = field(
@@ -266,6 +294,18 @@ class PretrainingArguments(TrainingArguments):
                 raise ValueError(f"cooldown_from: no such checkpoint folder {self.cooldown_from!r}.")
             if self.max_steps <= 0:
                 raise ValueError("cooldown_from needs max_steps: the number of decay steps of the cooldown branch.")
+        check_revision_template(self.hub_revision_template, "hub_revision_template")
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("push_to_hub needs hub_model_id: the repository to publish to, e.g. 'my-org/llama-mini'.")
+        if self.hub_push_attempts < 1:
+            raise ValueError(f"hub_push_attempts must be at least 1, got {self.hub_push_attempts}.")
+        if not 0 <= self.hub_retry_delay <= self.hub_retry_max_delay:
+            raise ValueError(
+                f"hub_retry_delay must be in [0, hub_retry_max_delay={self.hub_retry_max_delay}], "
+                f"got {self.hub_retry_delay}."
+            )
+        if self.hub_wait_timeout < 0:
+            raise ValueError(f"hub_wait_timeout must be non-negative, got {self.hub_wait_timeout}.")
         if not _has_accelerator():
             self.dataloader_pin_memory = False  # pinning needs an accelerator; on CPU it only warns every epoch
             if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a backend makes Accelerate assume a process group

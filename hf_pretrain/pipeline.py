@@ -18,10 +18,13 @@ from transformers.trainer_utils import get_last_checkpoint
 from transformers.training_args import ParallelMode
 
 from hf_pretrain.arguments import DataArguments, ModelArguments, PretrainingArguments
+from hf_pretrain.callbacks.hub_revisions import hub_revision_callbacks
 from hf_pretrain.cli import format_config
 from hf_pretrain.data.packing import pack, tokenize_documents
 from hf_pretrain.data.sources import load_documents
 from hf_pretrain.data.tokenizer import check_special_tokens, load_tokenizer, train_tokenizer
+from hf_pretrain.hub import take_over_hub_push
+from hf_pretrain.hub_run import publish_final_model
 from hf_pretrain.launch import check_deepspeed_config, describe_batch, resolve_global_batch
 from hf_pretrain.models import (
     MODEL_PRESETS,
@@ -222,6 +225,7 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments, traini
     if eval_blocks is None and training_args.eval_strategy != "no":
         logger.warning("No held-out data: evaluation is disabled.")
         training_args.eval_strategy = "no"
+    publisher = take_over_hub_push(training_args)  # push_to_hub: pushes in the background, never stopping training
     trainer = PretrainingTrainer(
         model=model,
         args=training_args,
@@ -230,6 +234,7 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments, traini
         data_collator=build_collator(training_args, tokenizer, decoder_only=not model.config.is_encoder_decoder),
         processing_class=tokenizer,
         sequence_length=data_args.block_size,
+        callbacks=hub_revision_callbacks(publisher, training_args),  # each checkpoint to its own branch
     )
     train_result = trainer.train(resume_from_checkpoint=resume_from)
     trainer.save_model()  # model (safetensors), config, generation config and tokenizer in output_dir
@@ -242,4 +247,6 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments, traini
         trainer.save_metrics("eval", eval_metrics)
         metrics.update(eval_metrics)
     trainer.save_state()
+    if publisher is not None:  # the final model and its card, after the pending checkpoint pushes; reports failures
+        publish_final_model(publisher, trainer)
     return metrics
