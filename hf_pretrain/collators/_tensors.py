@@ -89,6 +89,16 @@ def pad_rows(
     return torch.from_numpy(array), torch.from_numpy(lengths)
 
 
+def check_pad_to_multiple_of(value, padding_free: bool = False) -> None:
+    """`pad_to_multiple_of` must be None or a positive int, and means nothing without padding."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"pad_to_multiple_of must be a positive int or None, got {value!r}.")
+    if padding_free:
+        raise ValueError("pad_to_multiple_of has no meaning with padding_free=True (nothing is padded).")
+
+
 def flat_position_ids(lengths: torch.Tensor) -> torch.Tensor:
     """Positions restarting at 0 for each document of a flattened row: lengths [3, 2] → [0, 1, 2, 0, 1]."""
     total = int(lengths.sum())

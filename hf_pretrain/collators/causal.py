@@ -14,6 +14,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from ._features import collate_packed, collate_padded, is_packed
+from ._tensors import check_pad_to_multiple_of
 
 
 @dataclass
@@ -50,15 +51,7 @@ class DataCollatorForCausalLM:
     pad_to_multiple_of: int | None = None
 
     def __post_init__(self):
-        if self.pad_to_multiple_of is not None:
-            if isinstance(self.pad_to_multiple_of, bool) or not isinstance(self.pad_to_multiple_of, int):
-                raise ValueError(
-                    f"pad_to_multiple_of must be a positive int or None, got {self.pad_to_multiple_of!r}."
-                )
-            if self.pad_to_multiple_of < 1:
-                raise ValueError(f"pad_to_multiple_of must be a positive int or None, got {self.pad_to_multiple_of}.")
-            if self.padding_free:
-                raise ValueError("pad_to_multiple_of has no meaning with padding_free=True (nothing is padded).")
+        check_pad_to_multiple_of(self.pad_to_multiple_of, self.padding_free)
         if not self.padding_free and (self.tokenizer is None or self.tokenizer.pad_token_id is None):
             raise ValueError(
                 "Padded causal LM needs a tokenizer with a pad token (tokenizer.pad_token); set one (e.g. "

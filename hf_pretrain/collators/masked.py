@@ -18,7 +18,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from ._features import collate_packed, collate_padded, is_packed, packed_lengths, unpack
-from ._tensors import keyed_randint, keyed_uniform, sample_keys
+from ._tensors import check_pad_to_multiple_of, keyed_randint, keyed_uniform, sample_keys
 from ._words import word_start_table
 
 # Stream ids of the keyed draws: one per purpose, so the selection, the 80/10/10 split and the replacement token
@@ -157,15 +157,7 @@ class DataCollatorForMaskedLM:
                 "The tokenizer has no pad token (tokenizer.pad_token); set one (e.g. tokenizer.pad_token = "
                 "tokenizer.eos_token: labels never depend on the pad id) or use padding_free=True."
             )
-        if self.pad_to_multiple_of is not None:
-            if isinstance(self.pad_to_multiple_of, bool) or not isinstance(self.pad_to_multiple_of, int):
-                raise ValueError(
-                    f"pad_to_multiple_of must be a positive int or None, got {self.pad_to_multiple_of!r}."
-                )
-            if self.pad_to_multiple_of < 1:
-                raise ValueError(f"pad_to_multiple_of must be a positive int or None, got {self.pad_to_multiple_of}.")
-            if self.padding_free:
-                raise ValueError("pad_to_multiple_of has no meaning with padding_free=True (nothing is padded).")
+        check_pad_to_multiple_of(self.pad_to_multiple_of, self.padding_free)
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise ValueError(f"seed must be an int or None, got {self.seed!r}.")
         self._mask_id = int(self.tokenizer.mask_token_id)

@@ -31,6 +31,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from hf_pretrain.collators._tensors import (
+    check_pad_to_multiple_of,
     column,
     flatten_rows,
     keyed_bits,
@@ -275,6 +276,7 @@ class DataCollatorForPrefixLM:
 
     def __post_init__(self):
         check_fraction_range(self.prefix_fraction_range)
+        check_pad_to_multiple_of(self.pad_to_multiple_of)
         if self.decoder_only:
             check_attn_implementation(self.attn_implementation)
         self.pad_token_id = tokenizer_id(self.tokenizer, "pad_token_id", "prefix LM")

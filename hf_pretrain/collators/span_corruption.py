@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from hf_pretrain.collators._tensors import keyed_bits, sample_keys
+from hf_pretrain.collators._tensors import check_pad_to_multiple_of, keyed_bits, sample_keys
 from hf_pretrain.collators.prefix_lm import (
     IGNORE_INDEX,
     assemble_rows,
@@ -288,6 +288,7 @@ class DataCollatorForSpanCorruption:
 
     def __post_init__(self):
         check_span_parameters(self.noise_density, self.mean_noise_span_length)
+        check_pad_to_multiple_of(self.pad_to_multiple_of)
         if self.decoder_only:
             check_attn_implementation(self.attn_implementation)
         self.eos_token_id = tokenizer_id(self.tokenizer, "eos_token_id", "span corruption")

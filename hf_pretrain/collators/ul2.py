@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from hf_pretrain.collators._tensors import sample_keys
+from hf_pretrain.collators._tensors import check_pad_to_multiple_of, sample_keys
 from hf_pretrain.collators.prefix_lm import (
     IGNORE_INDEX,
     assemble_rows,
@@ -114,6 +114,7 @@ class DataCollatorForUL2:
 
     def __post_init__(self):
         self.denoisers = tuple(self.denoisers)
+        check_pad_to_multiple_of(self.pad_to_multiple_of)
         if not self.denoisers:
             raise ValueError("denoisers must name at least one Denoiser.")
         for i, denoiser in enumerate(self.denoisers):
