@@ -131,16 +131,65 @@ class DataArguments:
     preprocessing_num_workers: int | None = field(
         default=None, metadata={"help": "Processes for tokenization (`datasets.map(num_proc=...)`)."}
     )
+    data_sources: list | str | None = field(
+        default=None,
+        metadata={
+            "help": "Weighted sources mixed at the token level, a YAML list (JSON on the command line) of {name, "
+            "weight, data_files | dataset_name (+ dataset_config_name, split) | default_corpus: true, text_column, "
+            "text_sample_by}; tokens seen per source are logged. With streaming: true, streamed and resumable."
+        },
+    )
+    prepared_dataset_path: str | None = field(
+        default=None,
+        metadata={"help": "Train on the output of recipes/prepare_data.py (blocks, tokenizer and mixture)."},
+    )
+    curriculum_lengths: list[int] = field(
+        default_factory=list,
+        metadata={
+            "help": "Sequence-length curriculum: shorter lengths for the start of training, increasing, each "
+            "dividing block_size (e.g. [128, 256] with block_size 512); tokens per batch stay constant."
+        },
+    )
+    curriculum_ends: list[float] = field(
+        default_factory=list,
+        metadata={
+            "help": "Where each curriculum length stops, in curriculum_unit: a count (>= 1) or a fraction of the run "
+            "(< 1), all of one kind, increasing."
+        },
+    )
+    curriculum_unit: str = field(default="steps", metadata={"help": "Unit of curriculum_ends: 'steps' or 'tokens'."})
 
     def __post_init__(self):
+        from hf_pretrain.data.curriculum import check_curriculum
+        from hf_pretrain.data.mixing import normalize_weights
+        from hf_pretrain.data.sources import parse_sources
+
         if self.dataset_name and self.data_files:
             raise ValueError("Give either dataset_name or data_files, not both.")
+        sources = parse_sources(self.data_sources)  # raises naming the source and key
+        if sources:
+            normalize_weights([s.weight for s in sources], [s.name for s in sources])
+        given = [
+            name
+            for name in ("dataset_name", "data_files", "data_sources", "prepared_dataset_path")
+            if getattr(self, name)
+        ]
+        if len(given) > 1 and given != ["dataset_name", "data_files"]:
+            raise ValueError(
+                f"Give one of dataset_name, data_files, data_sources or prepared_dataset_path, not {given}."
+            )
+        if self.prepared_dataset_path and not os.path.isfile(os.path.join(self.prepared_dataset_path, "stats.json")):
+            raise ValueError(
+                f"prepared_dataset_path={self.prepared_dataset_path!r} is not a prepared dataset (no stats.json): "
+                "make it with recipes/prepare_data.py."
+            )
+        check_curriculum(self.curriculum_lengths, self.curriculum_ends, self.curriculum_unit, self.block_size)
         for name in ("data_files", "validation_files"):
             for path in getattr(self, name):
                 if not os.path.isfile(path):
                     raise ValueError(f"{name}: no such file {path!r}.")
-        if self.validation_files and not (self.data_files or self.dataset_name):
-            raise ValueError("validation_files needs training data too: set data_files or dataset_name.")
+        if self.validation_files and not (self.data_files or self.dataset_name or self.data_sources):
+            raise ValueError("validation_files needs training data too: set data_files, dataset_name or data_sources.")
         if self.text_sample_by not in TEXT_SAMPLING:
             raise ValueError(f"text_sample_by must be one of {TEXT_SAMPLING}, got {self.text_sample_by!r}.")
         if not 0.0 <= self.validation_fraction < 1.0:
@@ -149,8 +198,8 @@ class DataArguments:
             raise ValueError(f"block_size must be at least 2, got {self.block_size}.")
         if self.max_documents is not None and self.max_documents < 1:
             raise ValueError(f"max_documents must be positive, got {self.max_documents}.")
-        if self.streaming and not self.dataset_name:
-            raise ValueError("streaming applies to dataset_name; local data_files are read directly.")
+        if self.streaming and not (self.dataset_name or self.data_sources):
+            raise ValueError("streaming applies to dataset_name or data_sources; data_files are read directly.")
 
 
 @dataclass
@@ -257,7 +306,6 @@ class PretrainingArguments(TrainingArguments):
         default=False,
         metadata={"help": "DDP: search for unused parameters every step (off: every parameter gets a gradient)."},
     )
-
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:

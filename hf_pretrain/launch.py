@@ -120,4 +120,3 @@ def check_accelerate_config(path: str) -> dict:
             )
         check_deepspeed_config(ds_file)
     return config
-

@@ -23,6 +23,10 @@ from hf_pretrain.cli import format_config
 from hf_pretrain.data.packing import pack, tokenize_documents
 from hf_pretrain.data.sources import load_documents
 from hf_pretrain.data.tokenizer import check_special_tokens, load_tokenizer, train_tokenizer
+from hf_pretrain.data.training_data import TrainingData, blocks_per_step, total_steps
+from hf_pretrain.data.training_data import attach as attach_training_data
+from hf_pretrain.data.training_data import configure as configure_training_data
+from hf_pretrain.data.training_data import restore as restore_training_data
 from hf_pretrain.hub import take_over_hub_push
 from hf_pretrain.hub_run import publish_final_model
 from hf_pretrain.launch import check_deepspeed_config, describe_batch, resolve_global_batch
@@ -107,6 +111,10 @@ def check_before_work(model_args: ModelArguments, data_args: DataArguments, trai
         )
     if data_args.streaming and training_args.max_steps <= 0:
         raise ValueError("streaming data has no length: set max_steps.")
+    if data_args.streaming and training_args.dataloader_num_workers > 0:
+        raise ValueError(
+            "streamed blocks are produced where their position is recorded: set dataloader_num_workers: 0."
+        )
     # `--deepspeed` on the command line, or the JSON that `accelerate launch` (DEEPSPEED config) passes on.
     check_deepspeed_config(training_args.deepspeed or os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE"))
     target_tokens, target_sequences = training_args.global_batch_tokens, training_args.global_batch_size
@@ -163,6 +171,41 @@ def prepare_blocks(data_args: DataArguments, training_args: PretrainingArguments
     return train, evaluation
 
 
+def prepare_data(model_args: ModelArguments, data_args: DataArguments, training_args: PretrainingArguments):
+    """The tokenizer and the training / held-out blocks: prepared, mixed from sources, streamed, or classic."""
+    from hf_pretrain.data import training_data as source_data
+
+    if data_args.prepared_dataset_path:  # its own tokenizer; a given one must have the same vocabulary
+        given = model_args.tokenizer_name_or_path or model_args.model_name_or_path
+        return source_data.load_prepared_data(data_args, load_tokenizer(given) if given else None)
+    if not source_data.uses_block_sources(data_args):
+        train_docs, eval_docs = load_documents(data_args, seed=training_args.seed)
+        tokenizer = prepare_tokenizer(model_args, training_args, train_docs, data_args.text_column)
+        train, evaluation = prepare_blocks(data_args, training_args, tokenizer, train_docs, eval_docs)
+        return TrainingData(train, evaluation, tokenizer)
+    if data_args.streaming:
+        named = model_args.tokenizer_name_or_path or model_args.model_name_or_path
+        sample = None if named else source_data.tokenizer_sample(data_args, model_args.tokenizer_training_documents)
+        tokenizer = prepare_tokenizer(model_args, training_args, sample, "text")
+        return source_data.streamed_data(data_args, tokenizer)
+    train_docs, held_out, specs = source_data.load_source_documents(data_args, training_args.seed)
+    everything = datasets.concatenate_datasets(train_docs).shuffle(seed=training_args.seed)  # all sources train it
+    tokenizer = prepare_tokenizer(model_args, training_args, everything, "text")
+    with training_args.main_process_first(desc="tokenize and pack"):
+        return source_data.mixed_data(data_args, tokenizer, train_docs, held_out, specs, training_args.seed)
+
+
+def log_compute_plan(model, train_blocks, data_args: DataArguments, training_args: PretrainingArguments) -> None:
+    """Tokens per parameter of the planned run, with a warning when it is far from compute-optimal."""
+    from hf_pretrain.planning import run_summary
+
+    tokens = total_steps(training_args, train_blocks) * blocks_per_step(training_args) * data_args.block_size
+    message, warning = run_summary(model.num_parameters(), tokens)
+    logger.info(message)
+    if warning:
+        logger.warning("Far from compute-optimal: %s", warning)
+
+
 def needs_masked_decoder(objective: str) -> bool:
     return objective in ("mlm", "clm_then_mlm")
 
@@ -201,10 +244,11 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments, traini
         with open(os.path.join(training_args.output_dir, RESOLVED_CONFIG_FILE), "w") as handle:
             handle.write(resolved)
 
-    train_docs, eval_docs = load_documents(data_args, seed=training_args.seed)
-    tokenizer = prepare_tokenizer(model_args, training_args, train_docs, data_args.text_column)
+    data = prepare_data(model_args, data_args, training_args)
+    tokenizer, train_blocks, eval_blocks = data.tokenizer, data.train, data.evaluation
     check_special_tokens(tokenizer, training_args.objective)
-    train_blocks, eval_blocks = prepare_blocks(data_args, training_args, tokenizer, train_docs, eval_docs)
+    curriculum = configure_training_data(data, data_args, training_args)  # read order, curriculum, stream resume
+    train_blocks = data.train
 
     transformers.set_seed(training_args.seed)
     model = prepare_model(model_args, tokenizer, training_args.objective)
@@ -221,6 +265,7 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments, traini
     )
     if hasattr(train_blocks, "__len__"):
         logger.info("Data: %d training blocks of %d tokens.", len(train_blocks), data_args.block_size)
+    log_compute_plan(model, train_blocks, data_args, training_args)
 
     if eval_blocks is None and training_args.eval_strategy != "no":
         logger.warning("No held-out data: evaluation is disabled.")
@@ -236,6 +281,8 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments, traini
         sequence_length=data_args.block_size,
         callbacks=hub_revision_callbacks(publisher, training_args),  # each checkpoint to its own branch
     )
+    attach_training_data(trainer, data, curriculum, data_args.block_size)  # curriculum collator, data callbacks
+    restore_training_data(data, resume_from)  # a stream continues where the checkpoint left it
     train_result = trainer.train(resume_from_checkpoint=resume_from)
     trainer.save_model()  # model (safetensors), config, generation config and tokenizer in output_dir
     metrics = dict(train_result.metrics)

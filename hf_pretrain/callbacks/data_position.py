@@ -1,0 +1,141 @@
+"""Where training stands in its data: tokens seen per source in the logs, a stream's position in checkpoints,
+and the epoch the sequence-length curriculum needs.
+
+All three rest on one fact: the Trainer consumes `per_device_train_batch_size · gradient_accumulation_steps ·
+world_size` blocks per optimizer step, in data order (a stream, or prepared data read sequentially). So after
+global step s the first s · that many blocks were trained on, whatever DataLoader workers have prefetched, and the
+mixing schedule, the stream's recorded positions and the curriculum are functions of that block count: nothing
+has to travel with the batches or past the model's forward.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
+
+from hf_pretrain.data.mixing import MixingSchedule
+
+TRAINER_STATE_NAME = "trainer_state.json"
+
+
+def blocks_per_step(args) -> int:
+    """Blocks consumed by one optimizer step over all processes."""
+    return args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+
+
+def _prepend_log(state, logs: dict, values: dict) -> None:
+    """Add values to this log and to its entry in `state.log_history` (already appended by `Trainer.log`)."""
+    logs.update(values)
+    if state.log_history and state.log_history[-1].get("step") == state.global_step:
+        state.log_history[-1].update(values)
+
+
+class SourceTokensCallback(TrainerCallback):
+    """Log `tokens_seen/<source>` at every training log: tokens trained on from each source of a mixture.
+
+    Exact for data consumed in mixing order (a `MixedBlockStream`, or a prepared mixture read sequentially);
+    `blocks_per_epoch` wraps around for prepared data read more than once. Add it first in the callback list so
+    reporters (TensorBoard, W&B, the printer) see the values.
+
+    >>> from types import SimpleNamespace
+    >>> callback = SourceTokensCallback(["web", "code"], [3, 1], block_size=100)
+    >>> args = SimpleNamespace(per_device_train_batch_size=2, gradient_accumulation_steps=2, world_size=1)
+    >>> logs = {"loss": 1.0}
+    >>> _ = callback.on_log(args, SimpleNamespace(global_step=10, log_history=[]), None, logs=logs)
+    >>> logs
+    {'loss': 1.0, 'tokens_seen/web': 3000, 'tokens_seen/code': 1000}
+    """
+
+    def __init__(
+        self, names: Sequence[str], weights: Sequence[float], block_size: int, blocks_per_epoch: int | None = None
+    ):
+        self.names = list(names)
+        self.schedule = MixingSchedule(weights, names)
+        self.block_size = block_size
+        self.blocks_per_epoch = blocks_per_epoch
+
+    def tokens_after(self, blocks: int) -> dict[str, int]:
+        counts = self.schedule.counts(blocks) if not self.blocks_per_epoch else None
+        if counts is None:
+            epochs, rest = divmod(blocks, self.blocks_per_epoch)
+            counts = epochs * self.schedule.counts(self.blocks_per_epoch) + self.schedule.counts(rest)
+        return {f"tokens_seen/{name}": int(c) * self.block_size for name, c in zip(self.names, counts)}
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is not None and "loss" in logs:
+            _prepend_log(state, logs, self.tokens_after(state.global_step * blocks_per_step(args)))
+        return control
+
+
+def _find_stream(loader, depth: int = 4):
+    """The `MixedBlockStream` behind a (possibly accelerate-wrapped) DataLoader, or None."""
+    from hf_pretrain.data.streaming import MixedBlockStream
+
+    for _ in range(depth):
+        if loader is None or isinstance(loader, MixedBlockStream):
+            return loader
+        loader = getattr(loader, "dataset", None) or getattr(loader, "base_dataloader", None)
+    return loader if isinstance(loader, MixedBlockStream) else None
+
+
+class StreamPositionCallback(TrainerCallback, ExportableState):
+    """Record in every checkpoint where each source of a `MixedBlockStream` stands after the last trained block.
+
+    The position goes to `trainer_state.json` (`stateful_callbacks`); `stream_position_from_checkpoint` reads it
+    back and `MixedBlockStream.load_state_dict` resumes there (with `ignore_data_skip`, so the Trainer does not
+    also skip batches). Constructed without arguments, so the Trainer can rebuild it from a checkpoint.
+    """
+
+    def __init__(self):
+        self.position = None
+
+    def state(self) -> dict:
+        return {"args": {}, "attributes": {"position": self.position}}
+
+    def on_step_end(self, args, state, control, train_dataloader=None, **kwargs):
+        stream = _find_stream(train_dataloader)
+        if stream is not None and state.is_world_process_zero:  # the process that produces (and saves) the stream
+            self.position = stream.position(state.global_step * blocks_per_step(args))
+        return control
+
+
+def stream_position_from_checkpoint(checkpoint_dir: str | os.PathLike) -> dict | None:
+    """The stream position stored in `checkpoint_dir` by `StreamPositionCallback`, or None."""
+    path = os.path.join(checkpoint_dir, TRAINER_STATE_NAME)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        stored = (json.load(handle).get("stateful_callbacks") or {}).get(StreamPositionCallback.__name__)
+    entries = stored if isinstance(stored, list) else [stored] if stored else []
+    positions = [(entry.get("attributes") or {}).get("position") for entry in entries]
+    return next((p for p in reversed(positions) if p), None)
+
+
+class SequenceLengthCallback(TrainerCallback):
+    """Tell a `CurriculumCollator` the epoch (before the DataLoader starts), and log `sequence_length`."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def _set_epoch(self, state):
+        self.collator.set_curriculum_epoch(int(math.floor((state.epoch or 0) + 1e-9)))
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._set_epoch(state)
+        return control
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self._set_epoch(state)
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        curriculum = self.collator.curriculum
+        if logs is not None and "loss" in logs and curriculum is not None:
+            step = max(state.global_step - 1, 0)  # a training log at step s averages steps up to s - 1
+            _prepend_log(state, logs, {"sequence_length": curriculum.length_at_step(step)})
+        return control

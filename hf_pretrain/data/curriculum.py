@@ -1,0 +1,141 @@
+"""Sequence-length curriculum: shorter sequences early, the full block size later, tokens per batch constant.
+
+Design: the data stays in full blocks of `block_size` tokens; at collate time a block becomes k = block_size / L
+rows of L tokens, so a batch of B blocks is B·k rows of L: the same tokens, the same number of optimizer steps,
+only shorter attention spans early. Which L applies is a pure function of the block's position in training, not of
+a mutable "current step": a block's global index g (its `block_index` in the stream, or epoch · blocks per epoch +
+row index for prepared data read in order) belongs to optimizer step g // blocks_per_step. So DataLoader workers,
+prefetching and resuming all give every block the length of the step that trains on it, exactly.
+
+Stage ends are given in steps or in tokens (each a count, or a fraction of the run when below 1) and resolved to
+whole steps, so a batch never mixes two lengths.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+METADATA_COLUMNS = ("block_index", "source_id", "document_lengths")  # block bookkeeping, not model inputs
+UNITS = ("steps", "tokens")
+
+
+def check_curriculum(lengths: Sequence[int], ends: Sequence[float], unit: str, block_size: int) -> None:
+    """Validate curriculum settings; messages name the DataArguments fields."""
+    if len(lengths) != len(ends):
+        raise ValueError(
+            f"curriculum_lengths has {len(lengths)} entries but curriculum_ends has {len(ends)}: give one end per "
+            "shorter length."
+        )
+    if unit not in UNITS:
+        raise ValueError(f"curriculum_unit must be one of {UNITS}, got {unit!r}.")
+    if not lengths:
+        return
+    if list(lengths) != sorted(set(lengths)) or lengths[0] < 1 or lengths[-1] >= block_size:
+        raise ValueError(f"curriculum_lengths must increase and stay below block_size={block_size}, got {lengths}.")
+    bad = [length for length in lengths if block_size % length]
+    if bad:
+        raise ValueError(f"curriculum_lengths {bad} do not divide block_size={block_size}: a block must split evenly.")
+    fractions = [end < 1 for end in ends]
+    if any(end <= 0 for end in ends) or (any(fractions) and not all(fractions)):
+        raise ValueError(
+            f"curriculum_ends must all be positive counts (>= 1) or all fractions of the run (< 1), got {ends}."
+        )
+    if list(ends) != sorted(set(ends)):
+        raise ValueError(f"curriculum_ends must increase, got {ends}.")
+    if not all(fractions) and any(end != int(end) for end in ends):
+        raise ValueError(f"curriculum_ends given as counts must be whole numbers, got {ends}.")
+
+
+@dataclass(frozen=True)
+class SequenceLengthCurriculum:
+    """Sequence length per optimizer step: `stages` are (first step, length), the last stage is `block_size`.
+
+    >>> c = SequenceLengthCurriculum.build([128, 256], [0.25, 0.5], "steps", 512, blocks_per_step=8, total_steps=100)
+    >>> c.stages, c.length_at_step(24), c.length_at_step(25), c.length_of_block(8 * 50)
+    (((0, 128), (25, 256), (50, 512)), 128, 256, 512)
+    """
+
+    block_size: int
+    blocks_per_step: int
+    stages: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def build(
+        cls,
+        lengths: Sequence[int],
+        ends: Sequence[float],
+        unit: str,
+        block_size: int,
+        blocks_per_step: int,
+        total_steps: int,
+    ) -> SequenceLengthCurriculum:
+        check_curriculum(lengths, ends, unit, block_size)
+        tokens_per_step = blocks_per_step * block_size
+        end_steps = []
+        for end in ends:
+            if end < 1:
+                end_steps.append(round(end * total_steps))
+            elif unit == "tokens":
+                end_steps.append(math.ceil(end / tokens_per_step))  # the step at which `end` tokens are reached
+            else:
+                end_steps.append(int(end))
+        if end_steps[-1] > total_steps or end_steps[0] < 1 or end_steps != sorted(set(end_steps)):
+            raise ValueError(
+                f"curriculum_ends {list(ends)} ({unit}) resolve to steps {end_steps} of a {total_steps}-step run: "
+                "each stage needs at least one step and the last must end within the run."
+            )
+        starts = [0, *end_steps]
+        return cls(block_size, blocks_per_step, tuple(zip(starts, [*lengths, block_size])))
+
+    def length_at_step(self, step: int) -> int:
+        length = self.stages[0][1]
+        for start, stage_length in self.stages:
+            if step >= start:
+                length = stage_length
+        return length
+
+    def length_of_block(self, global_block: int) -> int:
+        return self.length_at_step(global_block // self.blocks_per_step)
+
+
+class CurriculumCollator:
+    """Wrap a collator: drop block bookkeeping columns, and split blocks by the curriculum.
+
+    Features with a `block_index` are split into rows of the curriculum length of their step; features without
+    one (evaluation) pass whole. `blocks_per_epoch` (prepared data read in order) turns row indices into global
+    block indices together with the epoch that `set_curriculum_epoch` sets at the start of every epoch (before the
+    DataLoader starts its workers, so they see it).
+    """
+
+    def __init__(self, collator, curriculum: SequenceLengthCurriculum | None, blocks_per_epoch: int | None = None):
+        self.collator = collator
+        self.curriculum = curriculum
+        self.blocks_per_epoch = blocks_per_epoch
+        self.curriculum_epoch = 0
+
+    def set_curriculum_epoch(self, epoch: int) -> None:
+        self.curriculum_epoch = epoch
+
+    def __getattr__(self, name):  # the wrapped collator's settings (mlm_probability, set_epoch, ...)
+        if name == "collator":
+            raise AttributeError(name)
+        return getattr(self.collator, name)
+
+    def split(self, features: Sequence[Mapping]) -> list[dict]:
+        rows = []
+        for feature in features:
+            inputs = {key: value for key, value in feature.items() if key not in METADATA_COLUMNS}
+            index = feature.get("block_index")
+            if index is None or self.curriculum is None:
+                rows.append(inputs)
+                continue
+            global_block = int(index) + self.curriculum_epoch * (self.blocks_per_epoch or 0)
+            length = self.curriculum.length_of_block(global_block)
+            ids = inputs.pop("input_ids")
+            rows.extend({**inputs, "input_ids": ids[start : start + length]} for start in range(0, len(ids), length))
+        return rows
+
+    def __call__(self, features: Sequence[Mapping]):
+        return self.collator(self.split(features))

@@ -1,0 +1,254 @@
+"""The training blocks of a run, from prepared data, weighted sources or a stream, and what the Trainer needs for
+them: the read order, the collator wrapper of the sequence-length curriculum and the data-position callbacks.
+
+    prepared_dataset_path  → load_from_disk; its tokenizer; train already in mixing order
+    data_sources           → per source: documents → tokenize → pack → mix by weight (training order)
+    data_sources/dataset_name + streaming → MixedBlockStream (resumable, flat memory)
+
+Data in training order is read sequentially (`train_sampling_strategy: sequential`), which is what makes the
+per-source token counts and the curriculum exact functions of the global step (see callbacks/data_position.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+from datasets import Dataset, concatenate_datasets
+
+from hf_pretrain.callbacks.data_position import (
+    SequenceLengthCallback,
+    SourceTokensCallback,
+    StreamPositionCallback,
+    blocks_per_step,
+    stream_position_from_checkpoint,
+)
+from hf_pretrain.data.curriculum import CurriculumCollator, SequenceLengthCurriculum
+from hf_pretrain.data.mixing import mix_blocks
+from hf_pretrain.data.packing import pack_blocks, tokenize_documents
+from hf_pretrain.data.prepare import TOKENIZER_SUBDIR, load_prepared
+from hf_pretrain.data.sources import SourceSpec, _drop_blank, parse_sources, read_files
+from hf_pretrain.data.streaming import MixedBlockStream, SourceStream
+from hf_pretrain.data.tokenizer import load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingData:
+    train: object  # datasets.Dataset of blocks, or a MixedBlockStream
+    evaluation: Dataset | None = None
+    tokenizer: object = None
+    names: list[str] = field(default_factory=list)  # sources of a mixture (empty: one unnamed source)
+    weights: list[float] = field(default_factory=list)
+    ordered: bool = False  # `train` is in training order: read it sequentially
+
+    @property
+    def stream(self) -> MixedBlockStream | None:
+        return self.train if isinstance(self.train, MixedBlockStream) else None
+
+
+def uses_block_sources(data_args) -> bool:
+    """Whether the run's data goes through this module (else: the classic documents → blocks path)."""
+    return bool(data_args.prepared_dataset_path or parse_sources(data_args.data_sources) or data_args.streaming)
+
+
+def _specs(data_args) -> list[SourceSpec]:
+    specs = parse_sources(data_args.data_sources)
+    if specs:
+        return specs
+    return [  # a single streamed Hub dataset: a mixture of one
+        SourceSpec(
+            name=data_args.dataset_name,
+            dataset_name=data_args.dataset_name,
+            dataset_config_name=data_args.dataset_config_name,
+            text_column=data_args.text_column,
+        )
+    ]
+
+
+def _same_vocabulary(tokenizer, prepared_tokenizer, path: str) -> None:
+    if tokenizer.get_vocab() != prepared_tokenizer.get_vocab():
+        raise ValueError(
+            f"The tokenizer differs from the one prepared_dataset_path={path!r} was tokenized with "
+            f"({len(tokenizer)} vs {len(prepared_tokenizer)} tokens): unset tokenizer_name_or_path to use it."
+        )
+
+
+def load_prepared_data(data_args, tokenizer=None) -> TrainingData:
+    splits, stats = load_prepared(data_args.prepared_dataset_path)
+    if stats["block_size"] != data_args.block_size:
+        raise ValueError(
+            f"block_size={data_args.block_size} but prepared_dataset_path holds blocks of {stats['block_size']}: "
+            "set block_size to match (the curriculum shortens sequences within blocks)."
+        )
+    prepared_tokenizer = load_tokenizer(os.path.join(data_args.prepared_dataset_path, TOKENIZER_SUBDIR))
+    if tokenizer is not None:
+        _same_vocabulary(tokenizer, prepared_tokenizer, data_args.prepared_dataset_path)
+    mixture = stats.get("mixture", {})
+    return TrainingData(
+        train=splits["train"],
+        evaluation=splits.get("validation"),
+        tokenizer=tokenizer or prepared_tokenizer,
+        names=list(mixture.get("names", [])),
+        weights=list(mixture.get("weights", [])),
+        ordered=True,
+    )
+
+
+def load_source_documents(data_args, seed: int) -> tuple[list[Dataset], list[Dataset | None], list[SourceSpec]]:
+    """Per source: training and held-out documents (a 'text' column only), blank ones dropped and counted."""
+    specs = _specs(data_args)
+    train, held_out = [], []
+    for spec in specs:
+        documents = spec.load()
+        documents = documents.select_columns([spec.text_column])
+        if spec.text_column != "text":
+            documents = documents.rename_column(spec.text_column, "text")
+        documents = _drop_blank(documents, "text", f"source {spec.name!r}")
+        if data_args.max_documents is not None:
+            documents = documents.select(range(min(data_args.max_documents, len(documents))))
+        validation = None
+        if data_args.validation_fraction > 0 and not data_args.validation_files and len(documents) > 1:
+            split = documents.train_test_split(test_size=data_args.validation_fraction, seed=seed)
+            documents, validation = split["train"], split["test"]
+        train.append(documents)
+        held_out.append(validation)
+    return train, held_out, specs
+
+
+def _blocks(documents: Dataset, tokenizer, data_args) -> Dataset:
+    tokenized = tokenize_documents(documents, tokenizer, "text", data_args.preprocessing_num_workers)
+    return pack_blocks(tokenized, data_args.block_size, document_lengths=True)
+
+
+def mixed_data(data_args, tokenizer, train_docs, held_out, specs, seed: int) -> TrainingData:
+    """Pack every source and mix the blocks by weight, in training order (nothing repeats)."""
+    names, weights = [s.name for s in specs], [s.weight for s in specs]
+    blocks = [_blocks(documents, tokenizer, data_args) for documents in train_docs]
+    train, info = mix_blocks(blocks, weights, names, seed=seed)
+    logger.info("Mixed %d blocks from %s.", len(train), {name: i["blocks_used"] for name, i in info.items()})
+    evaluation = [_blocks(d, tokenizer, data_args) for d in held_out if d is not None and len(d)]
+    return TrainingData(
+        train=train,
+        evaluation=concatenate_datasets(evaluation) if evaluation else None,
+        tokenizer=tokenizer,
+        names=names,
+        weights=weights,
+        ordered=True,
+    )
+
+
+def streamed_data(data_args, tokenizer) -> TrainingData:
+    """A MixedBlockStream over the sources (or the one streamed dataset); held out: validation_files only."""
+    specs = _specs(data_args)
+    sources = [
+        SourceStream(
+            spec.name, lambda spec=spec: spec.load(streaming=True), tokenizer, data_args.block_size, spec.text_column
+        )
+        for spec in specs
+    ]
+    evaluation = None
+    if data_args.validation_files:
+        documents = _drop_blank(
+            read_files(data_args.validation_files, data_args.text_sample_by), data_args.text_column, "validation_files"
+        )
+        evaluation = pack_blocks(
+            tokenize_documents(documents, tokenizer, data_args.text_column, data_args.preprocessing_num_workers),
+            data_args.block_size,
+        )
+    return TrainingData(
+        train=MixedBlockStream(sources, [s.weight for s in specs]),
+        evaluation=evaluation,
+        tokenizer=tokenizer,
+        names=[s.name for s in specs],
+        weights=[s.weight for s in specs],
+        ordered=True,
+    )
+
+
+def tokenizer_sample(data_args, limit: int) -> Dataset:
+    """Documents to train a tokenizer on when the data is streamed: the first ones of each source."""
+    specs = _specs(data_args)
+    texts = []
+    for spec in specs:
+        for row in spec.load(streaming=True).take(max(1, limit // len(specs))):
+            if row[spec.text_column] and not str(row[spec.text_column]).isspace():
+                texts.append(row[spec.text_column])
+    return Dataset.from_dict({"text": texts})
+
+
+def total_steps(training_args, train) -> int:
+    """Optimizer steps of the run (max_steps, or the epochs over a dataset of known length)."""
+    if training_args.max_steps > 0:
+        return training_args.max_steps
+    per_epoch = math.ceil(len(train) / blocks_per_step(training_args))
+    return max(1, math.ceil(per_epoch * training_args.num_train_epochs))
+
+
+def configure(data: TrainingData, data_args, training_args) -> SequenceLengthCurriculum | None:
+    """Set the Trainer arguments the data needs; build the curriculum. Call before creating the Trainer."""
+    curriculum = None
+    if data_args.curriculum_lengths:
+        if not data.ordered:  # classic path: shuffle once, then read in that order so block index = position
+            data.train = data.train.shuffle(seed=training_args.seed).flatten_indices()
+            data.ordered = True
+        curriculum = SequenceLengthCurriculum.build(
+            data_args.curriculum_lengths,
+            data_args.curriculum_ends,
+            data_args.curriculum_unit,
+            data_args.block_size,
+            blocks_per_step(training_args),
+            total_steps(training_args, data.train),
+        )
+        logger.info("Sequence-length curriculum (first step, length): %s", curriculum.stages)
+        if data.stream is None and "block_index" not in data.train.column_names:
+            data.train = data.train.add_column("block_index", np.arange(len(data.train), dtype=np.int64))
+        training_args.remove_unused_columns = False  # block_index reaches the collator wrapper, which drops it
+    if data.ordered and data.stream is None and training_args.train_sampling_strategy != "sequential":
+        logger.info("The training blocks are stored shuffled and mixed in training order: reading them sequentially.")
+        training_args.train_sampling_strategy = "sequential"
+    if data.stream is not None:
+        if training_args.dataloader_num_workers > 0:
+            raise ValueError(
+                "Streamed blocks are produced in the training process (their position goes into checkpoints): set "
+                "dataloader_num_workers: 0 (tokenization runs in Rust threads)."
+            )
+        training_args.ignore_data_skip = True  # the stream resumes at its stored position; nothing to skip
+    return curriculum
+
+
+def attach(trainer, data: TrainingData, curriculum: SequenceLengthCurriculum | None, block_size: int) -> None:
+    """Wrap the trainer's collator for the curriculum and add the data-position callbacks."""
+    front = []
+    if curriculum is not None:
+        blocks_per_epoch = None if data.stream is not None else len(data.train)
+        trainer.data_collator = CurriculumCollator(trainer.data_collator, curriculum, blocks_per_epoch)
+        front.append(SequenceLengthCallback(trainer.data_collator))
+    if len(data.names) > 1:
+        blocks_per_epoch = None if data.stream is not None else len(data.train)
+        front.append(SourceTokensCallback(data.names, data.weights, block_size, blocks_per_epoch))
+    for callback in front:  # first, so the values are in `logs` before reporters and the printer see them
+        trainer.callback_handler.callbacks.insert(0, callback)
+    if data.stream is not None:
+        trainer.add_callback(StreamPositionCallback())
+
+
+def restore(data: TrainingData, checkpoint: str | None) -> None:
+    """Put a stream back where the checkpoint left it (prepared data: the Trainer's sampler skip does it)."""
+    if data.stream is None or checkpoint is None:
+        return
+    position = stream_position_from_checkpoint(checkpoint)
+    if position is None:
+        raise ValueError(
+            f"Checkpoint {checkpoint!r} has no stream position (StreamPositionCallback): cannot resume the stream exactly."
+        )
+    data.stream.load_state_dict(position)
+    logger.info(
+        "Resuming the stream after %d blocks: %s",
+        position["blocks"],
+        {n: s["blocks"] for n, s in position["sources"].items()},
+    )
