@@ -1,10 +1,14 @@
 """Shared fixtures: a tiny tokenizer and corpus built locally, never downloaded."""
 
 import os
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# The recipes (recipes/pretrain.py, ...) are what users run; tests import them as modules.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes"))
 
 import pytest  # noqa: E402
 

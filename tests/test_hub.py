@@ -4,15 +4,17 @@ The client is configured, not mocked: its endpoint, offline switch, Xet switch a
 loopback server (`huggingface_hub.constants`, read at call time), and the token comes from `HF_TOKEN`.
 """
 
-import json
 import logging
 import os
 import shutil
 import subprocess
 import sys
 
+import push_checkpoints
 import pytest
 import torch
+from _runs import REPO, pretrain, train_logs
+from hub_server import HubServer
 from huggingface_hub import ModelCard, constants
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
@@ -21,14 +23,6 @@ from hf_pretrain.hub_run import checkpoint_job, list_checkpoints, read_revisions
 from hf_pretrain.model_card import RunSummary, objective_ranges, render_model_card
 from hf_pretrain.objectives import ObjectivePlan
 from hf_pretrain.schedules import WSDSchedule
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "recipes"))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import pretrain  # noqa: E402
-import push_checkpoints  # noqa: E402
-from hub_server import HubServer  # noqa: E402
 
 ENV_TOKEN = "hf_envTOKENforLoopbackTests0123"
 CLI_TOKEN = "hf_cliTOKENforLoopbackTests4567"
@@ -72,8 +66,7 @@ def published(hub, tmp_path_factory):
 
 
 def losses(output_dir):
-    with open(os.path.join(output_dir, "trainer_state.json")) as handle:
-        return [entry["loss"] for entry in json.load(handle)["log_history"] if "loss" in entry]
+    return [entry["loss"] for entry in train_logs(output_dir).values()]
 
 
 def same_weights(model_a, model_b) -> bool:

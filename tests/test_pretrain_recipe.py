@@ -1,6 +1,5 @@
 """End to end: the pretraining recipe trains a tiny model, saves it, and it loads back and generates."""
 
-import json
 import math
 import os
 import subprocess
@@ -8,12 +7,8 @@ import sys
 
 import pytest
 import torch
+from _runs import REPO, pretrain, train_logs
 from transformers import AutoModelForCausalLM, AutoTokenizer
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "recipes"))
-
-import pretrain  # noqa: E402
 
 TINY = [
     "--model_preset", "llama-tiny", "--tokenizer_vocab_size", "1024", "--block_size", "32",
@@ -23,9 +18,7 @@ TINY = [
 
 
 def logged_losses(output_dir):
-    with open(os.path.join(output_dir, "trainer_state.json")) as handle:
-        history = json.load(handle)["log_history"]
-    return [entry["loss"] for entry in history if "loss" in entry]
+    return [entry["loss"] for entry in train_logs(output_dir).values()]
 
 
 def test_recipe_trains_saves_and_generates(tmp_path):

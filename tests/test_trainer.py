@@ -4,34 +4,21 @@ import glob
 import json
 import os
 import shutil
-import sys
 
 import pytest
 import torch
+from _runs import REPO, pretrain, train_logs
+from _runs import log_history as history
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
 from hf_pretrain.launch import check_deepspeed_config
 from hf_pretrain.schedules import schedule_from_checkpoint, wsd_schedule
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "recipes"))
-
-import pretrain  # noqa: E402
 
 TINY = [
     "--model_preset", "llama-tiny", "--tokenizer_vocab_size", "1024", "--block_size", "32",
     "--per_device_train_batch_size", "8", "--learning_rate", "3e-3", "--logging_steps", "1",
     "--eval_strategy", "no", "--max_documents", "40", "--seed", "0", "--disable_tqdm", "true",
 ]  # fmt: skip
-
-
-def history(output_dir):
-    with open(os.path.join(output_dir, "trainer_state.json")) as handle:
-        return json.load(handle)["log_history"]
-
-
-def train_logs(output_dir):
-    return {e["step"]: e for e in history(output_dir) if "loss" in e}
 
 
 def test_learning_rates_follow_the_closed_form_and_are_stored(tmp_path):

@@ -3,11 +3,11 @@
 import json
 import os
 import shutil
-import sys
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from _runs import pretrain
 
 from hf_pretrain.callbacks.data_position import (
     SourceTokensCallback,
@@ -16,11 +16,6 @@ from hf_pretrain.callbacks.data_position import (
 )
 from hf_pretrain.data.prepare import PrepareArguments, prepare_corpus
 from hf_pretrain.data.streaming import MixedBlockStream
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(REPO, "recipes"))
-
-import pretrain  # noqa: E402
 
 WORDS = ["the", "a", "of", "and", "to", "river", "stone", "light", "quiet", "north", "wind", "carries", "seeds", "over", "old", "walls", "fields"]  # fmt: skip
 TINY = [
