@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -126,6 +127,15 @@ def add_lora(model: PreTrainedModel, rank: int, alpha: float, target_modules: st
     return get_peft_model(model, config)
 
 
+def parameter_size(parameter: torch.nn.Parameter) -> int:
+    """Elements of a parameter, also under DeepSpeed ZeRO-3, whose partitioned tensors are empty on every rank."""
+    return getattr(parameter, "ds_numel", parameter.numel())
+
+
 def count_parameters(model: PreTrainedModel, *, exclude_embeddings: bool = False) -> int:
-    """Trainable parameter count; without embeddings it is the N of the 6·N·D compute estimate."""
-    return model.num_parameters(only_trainable=True, exclude_embeddings=exclude_embeddings)
+    """Trainable parameter count (ZeRO-3 safe); without embeddings it is the N of the 6·N·D compute estimate."""
+    total = sum(parameter_size(p) for p in model.parameters() if p.requires_grad)
+    if exclude_embeddings:
+        embeddings = [m.weight for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+        total -= sum(parameter_size(w) for w in embeddings if w.requires_grad)
+    return total

@@ -200,7 +200,7 @@ def log_compute_plan(model, train_blocks, data_args: DataArguments, training_arg
     from hf_pretrain.planning import run_summary
 
     tokens = total_steps(training_args, train_blocks) * blocks_per_step(training_args) * data_args.block_size
-    message, warning = run_summary(model.num_parameters(), tokens)
+    message, warning = run_summary(count_parameters(model), tokens)
     logger.info(message)
     if warning:
         logger.warning("Far from compute-optimal: %s", warning)

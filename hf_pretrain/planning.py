@@ -164,6 +164,8 @@ def run_summary(parameters: float, tokens: float) -> tuple[str, str | None]:
     >>> run_summary(1e6, 2e7)[0]
     'Compute: 1e+06 parameters × 2e+07 tokens = 20 tokens per parameter (compute-optimal ≈ 20, i.e. 2e+07 tokens); ≈ 1.2e+14 training FLOPs (6·N·D).'
     """
+    if parameters <= 0 or tokens < 0:
+        raise ValueError(f"run_summary needs a positive parameter count and tokens >= 0, got {parameters}, {tokens}.")
     message = (
         f"Compute: {parameters:.3g} parameters × {tokens:.3g} tokens = {_ratio(tokens / parameters)} tokens per "
         f"parameter (compute-optimal ≈ 20, i.e. {chinchilla_tokens(parameters):.3g} tokens); ≈ "

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from hf_pretrain.models import parameter_size
+
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' datasheets; matched as substrings of the device name,
 # first match wins, so the more specific names come first.
 PEAK_BF16_FLOPS = (
@@ -58,10 +60,10 @@ def flops_per_token(config, num_parameters: int, sequence_length: int) -> float:
 def flop_counted_parameters(model: torch.nn.Module) -> int:
     """Parameters that take part in matmuls: all but the input embedding (its output head counts, tied or not)."""
     embedding = model.get_input_embeddings()
-    total = sum(p.numel() for p in model.parameters())
+    total = sum(parameter_size(p) for p in model.parameters())
     head = model.get_output_embeddings()
     tied = head is not None and head.weight is embedding.weight
-    return total - embedding.weight.numel() + (head.weight.numel() if tied else 0)
+    return total - parameter_size(embedding.weight) + (parameter_size(head.weight) if tied else 0)
 
 
 @dataclass
