@@ -7,6 +7,7 @@ from hf_pretrain.cli import parse_config
 from hf_pretrain.collators import (
     UL2_DENOISERS,
     DataCollatorForCausalLM,
+    DataCollatorForContrastive,
     DataCollatorForMaskedLM,
     DataCollatorForPrefixLM,
     DataCollatorForSpanCorruption,
@@ -24,7 +25,17 @@ from hf_pretrain.data.quality import DocumentFilter, filter_documents
 from hf_pretrain.data.sources import SourceSpec, parse_sources
 from hf_pretrain.data.streaming import MixedBlockStream, SourceStream
 from hf_pretrain.data.tokenizer import train_tokenizer
+from hf_pretrain.evaluation import (
+    AblationArguments,
+    BiEncoder,
+    FinetuneArguments,
+    IntrinsicArguments,
+    run_ablation,
+    run_finetuning,
+    run_intrinsic,
+)
 from hf_pretrain.hub import HubPublisher, RetryPolicy
+from hf_pretrain.losses import info_nce_loss, mean_pool
 from hf_pretrain.modeling_masked_llama import LlamaForMaskedLM, masked_lm_loss, set_bidirectional
 from hf_pretrain.models import MODEL_PRESETS, build_config, build_model
 from hf_pretrain.objectives import ObjectivePlan
@@ -38,18 +49,23 @@ __version__ = "0.1.0"
 __all__ = [
     "MODEL_PRESETS",
     "UL2_DENOISERS",
+    "AblationArguments",
+    "BiEncoder",
     "ComputePlan",
     "CurriculumCollator",
     "DataArguments",
     "DataCollatorForCausalLM",
+    "DataCollatorForContrastive",
     "DataCollatorForMaskedLM",
     "DataCollatorForPrefixLM",
     "DataCollatorForSpanCorruption",
     "DataCollatorForUL2",
     "Denoiser",
     "DocumentFilter",
+    "FinetuneArguments",
     "HubPublisher",
     "HubRevisionsCallback",
+    "IntrinsicArguments",
     "LlamaForMaskedLM",
     "MaskingRateCallback",
     "MixedBlockStream",
@@ -77,8 +93,10 @@ __all__ = [
     "cooldown_schedule",
     "exact_duplicates",
     "filter_documents",
+    "info_nce_loss",
     "load_prepared",
     "masked_lm_loss",
+    "mean_pool",
     "minhash_signatures",
     "mix_blocks",
     "near_duplicates",
@@ -88,6 +106,9 @@ __all__ = [
     "plan_compute",
     "prefix_lm_attention_mask",
     "prepare_corpus",
+    "run_ablation",
+    "run_finetuning",
+    "run_intrinsic",
     "run_pretraining",
     "schedule_from_checkpoint",
     "set_bidirectional",

@@ -1,6 +1,7 @@
 """Data collators for the pretraining objectives; each works as a plain `collate_fn` in any script."""
 
 from .causal import DataCollatorForCausalLM
+from .contrastive import DataCollatorForContrastive
 from .masked import DataCollatorForMaskedLM
 from .prefix_lm import DataCollatorForPrefixLM, prefix_lm_attention_mask
 from .span_corruption import DataCollatorForSpanCorruption, add_sentinel_tokens, compute_span_corruption_lengths
@@ -8,6 +9,7 @@ from .ul2 import UL2_DENOISERS, DataCollatorForUL2, Denoiser
 
 __all__ = [
     "DataCollatorForCausalLM",
+    "DataCollatorForContrastive",
     "DataCollatorForMaskedLM",
     "DataCollatorForPrefixLM",
     "DataCollatorForSpanCorruption",
