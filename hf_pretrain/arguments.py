@@ -27,7 +27,7 @@ def _has_accelerator() -> bool:
     return torch.cuda.is_available() or bool(mps and mps.is_available()) or bool(xpu and xpu.is_available())
 
 
-def _as_dict(value: dict | str | None, name: str) -> dict:
+def parse_mapping(value: dict | str | None, name: str) -> dict:
     """Dict fields come as dicts from YAML and as JSON strings from the command line."""
     if value is None or value == "":
         return {}
@@ -87,7 +87,7 @@ class ModelArguments:
     def __post_init__(self):
         if self.model_name_or_path is None and self.model_preset not in MODEL_PRESETS:
             raise ValueError(f"model_preset={self.model_preset!r} is unknown; choose one of {sorted(MODEL_PRESETS)}.")
-        self.config_overrides = _as_dict(self.config_overrides, "config_overrides")
+        self.config_overrides = parse_mapping(self.config_overrides, "config_overrides")
         if self.tokenizer_vocab_size < 512:
             raise ValueError(f"tokenizer_vocab_size must be at least 512, got {self.tokenizer_vocab_size}.")
         if self.lora_rank is not None and self.lora_rank < 1:
@@ -329,7 +329,7 @@ class PretrainingArguments(TrainingArguments):
             )
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}.")
-        kwargs = _as_dict(self.lr_scheduler_kwargs, "lr_scheduler_kwargs")
+        kwargs = parse_mapping(self.lr_scheduler_kwargs, "lr_scheduler_kwargs")
         if self.lr_scheduler_type == "warmup_stable_decay" and kwargs:
             raise ValueError(
                 f"lr_scheduler_kwargs={kwargs} with warmup_stable_decay: give the decay with decay_steps, decay_type "

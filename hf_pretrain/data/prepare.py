@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, concatenate_datasets, load_from_disk
 
+from hf_pretrain.arguments import parse_mapping
 from hf_pretrain.data.dedup import document_hashes, document_signatures, exact_duplicates, near_duplicates
 from hf_pretrain.data.mixing import mix_blocks, normalize_weights
 from hf_pretrain.data.packing import pack_blocks, tokenize_documents
@@ -34,19 +35,6 @@ logger = logging.getLogger(__name__)
 
 STATS_FILE = "stats.json"
 TOKENIZER_SUBDIR = "tokenizer"
-
-
-def _mapping(value, name: str) -> dict:
-    if value in (None, ""):
-        return {}
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{name} must be a mapping (YAML) or a JSON object string: {error}") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{name} must be a mapping, got {type(value).__name__}.")
-    return value
 
 
 @dataclass
@@ -104,7 +92,7 @@ class PrepareArguments:
         normalize_weights([s.weight for s in self.source_specs], [s.name for s in self.source_specs])
         if self.quality_filters == ["none"]:
             self.quality_filters = []
-        self.filter_settings = _mapping(self.filter_settings, "filter_settings")
+        self.filter_settings = parse_mapping(self.filter_settings, "filter_settings")
         DocumentFilter(self.normalization, self.quality_filters, self.filter_settings)  # validates names, settings
         if self.block_size < 2:
             raise ValueError(f"block_size must be at least 2, got {self.block_size}.")

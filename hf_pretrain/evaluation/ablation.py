@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import transformers
 
-from hf_pretrain.arguments import DataArguments, ModelArguments, PretrainingArguments, _as_dict
+from hf_pretrain.arguments import DataArguments, ModelArguments, PretrainingArguments, parse_mapping
 from hf_pretrain.cli import parse_config
 from hf_pretrain.data.sources import default_corpus
 from hf_pretrain.data.tokenizer import load_tokenizer, train_tokenizer
@@ -124,7 +124,7 @@ class AblationArguments:
     output_dir: str = field(default="outputs/ablation", metadata={"help": "Where runs, tables and plots go."})
 
     def __post_init__(self):
-        self.config_overrides = _as_dict(self.config_overrides, "config_overrides")
+        self.config_overrides = parse_mapping(self.config_overrides, "config_overrides")
         for path in self.data_files:
             if not os.path.isfile(path):
                 raise ValueError(f"data_files: no such file {path!r}.")

@@ -25,7 +25,7 @@ import torch
 import transformers
 from transformers import get_linear_schedule_with_warmup
 
-from hf_pretrain.arguments import _as_dict
+from hf_pretrain.arguments import parse_mapping
 from hf_pretrain.collators.contrastive import DataCollatorForContrastive
 from hf_pretrain.data.tokenizer import load_tokenizer
 from hf_pretrain.evaluation.encoders import ATTENTION_MODES, load_task_model
@@ -91,7 +91,7 @@ class FinetuneArguments:
     def __post_init__(self):
         if not self.model_name_or_path:
             raise ValueError("model_name_or_path: give at least one checkpoint to fine-tune.")
-        self.column_map = _as_dict(self.column_map, "column_map")
+        self.column_map = parse_mapping(self.column_map, "column_map")
         for spec in self.tasks:
             if spec.partition(":")[0] not in TASK_TYPES:
                 raise ValueError(f"tasks: {spec!r} must start with a task type, one of {TASK_TYPES}.")
