@@ -1,8 +1,7 @@
 """hf_pretrain: pre-train and continue pre-training language models with the Hugging Face stack."""
 
 from hf_pretrain.arguments import DataArguments, ModelArguments, PretrainingArguments
-from hf_pretrain.callbacks import HubRevisionsCallback, MaskingRateCallback, ObjectiveSwitchCallback
-from hf_pretrain.callbacks.data_position import SequenceLengthCallback, SourceTokensCallback, StreamPositionCallback
+from hf_pretrain.checkpoint_state import schedule_from_checkpoint
 from hf_pretrain.cli import parse_config
 from hf_pretrain.collators import (
     UL2_DENOISERS,
@@ -34,15 +33,21 @@ from hf_pretrain.evaluation import (
     run_finetuning,
     run_intrinsic,
 )
-from hf_pretrain.hub import HubPublisher, RetryPolicy
+from hf_pretrain.hub import HubPublisher, HubRevisionsCallback, RetryPolicy
 from hf_pretrain.losses import info_nce_loss, mean_pool
 from hf_pretrain.modeling_masked_llama import LlamaForMaskedLM, masked_lm_loss, set_bidirectional
 from hf_pretrain.models import MODEL_PRESETS, build_config, build_model
 from hf_pretrain.objectives import ObjectivePlan
 from hf_pretrain.pipeline import run_pretraining
 from hf_pretrain.planning import ComputePlan, PlanArguments, chinchilla_tokens, optimal_for_budget, plan_compute
-from hf_pretrain.schedules import WSDSchedule, cooldown_schedule, schedule_from_checkpoint, wsd_schedule
-from hf_pretrain.trainer import PretrainingTrainer
+from hf_pretrain.schedules import WSDSchedule, cooldown_schedule, wsd_schedule
+from hf_pretrain.training.callbacks import MaskingRateCallback, ObjectiveSwitchCallback
+from hf_pretrain.training.callbacks.data_position import (
+    SequenceLengthCallback,
+    SourceTokensCallback,
+    StreamPositionCallback,
+)
+from hf_pretrain.training.trainer import PretrainingTrainer
 
 __version__ = "0.1.0"
 

@@ -6,40 +6,27 @@ names the field to fix.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 
 import torch
 from transformers import TrainingArguments
 
-from hf_pretrain.hub import DEFAULT_REVISION_TEMPLATE, check_revision_template
+from hf_pretrain.cli import parse_mapping
+from hf_pretrain.data.curriculum import check_curriculum
+from hf_pretrain.data.mixing import normalize_weights
+from hf_pretrain.data.sources import TEXT_SAMPLING, parse_sources
+from hf_pretrain.hub.publisher import DEFAULT_REVISION_TEMPLATE, check_revision_template
 from hf_pretrain.models import MODEL_PRESETS
+from hf_pretrain.objectives import RUN_OBJECTIVES
 
-OBJECTIVES = ("clm", "mlm", "clm_then_mlm", "prefix_lm", "span_corruption", "ul2")
 DECAY_TYPES = ("linear", "cosine", "1-sqrt")
-TEXT_SAMPLING = ("document", "paragraph", "line")
 
 
 def _has_accelerator() -> bool:
     mps = getattr(torch.backends, "mps", None)
     xpu = getattr(torch, "xpu", None)
     return torch.cuda.is_available() or bool(mps and mps.is_available()) or bool(xpu and xpu.is_available())
-
-
-def parse_mapping(value: dict | str | None, name: str) -> dict:
-    """Dict fields come as dicts from YAML and as JSON strings from the command line."""
-    if value is None or value == "":
-        return {}
-    if isinstance(value, dict):
-        return value
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{name} must be a mapping (YAML) or a JSON object string, got {value!r}: {error}") from None
-    if not isinstance(parsed, dict):
-        raise ValueError(f"{name} must be a JSON object, got {value!r}.")
-    return parsed
 
 
 @dataclass
@@ -160,10 +147,6 @@ class DataArguments:
     curriculum_unit: str = field(default="steps", metadata={"help": "Unit of curriculum_ends: 'steps' or 'tokens'."})
 
     def __post_init__(self):
-        from hf_pretrain.data.curriculum import check_curriculum
-        from hf_pretrain.data.mixing import normalize_weights
-        from hf_pretrain.data.sources import parse_sources
-
         if self.dataset_name and self.data_files:
             raise ValueError("Give either dataset_name or data_files, not both.")
         sources = parse_sources(self.data_sources)  # raises naming the source and key
@@ -213,7 +196,7 @@ class PretrainingArguments(TrainingArguments):
     objective: str = field(
         default="clm",
         metadata={
-            "help": f"Pretraining objective, one of {OBJECTIVES}. clm_then_mlm trains causal LM, then switches the "
+            "help": f"Pretraining objective, one of {RUN_OBJECTIVES}. clm_then_mlm trains causal LM, then switches the "
             "same decoder to bidirectional masked LM at switch_fraction of the steps."
         },
     )
@@ -308,8 +291,8 @@ class PretrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}.")
+        if self.objective not in RUN_OBJECTIVES:
+            raise ValueError(f"objective must be one of {RUN_OBJECTIVES}, got {self.objective!r}.")
         if not 0.0 < self.switch_fraction < 1.0:
             raise ValueError(f"switch_fraction must be in (0, 1), got {self.switch_fraction}.")
         for name in ("mlm_probability", "mask_replace_prob", "random_replace_prob"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -18,6 +19,24 @@ import yaml
 from transformers import HfArgumentParser
 
 DRY_RUN_FLAG = "--dry_run"
+# The derived settings that resolved_config.yaml carries after the arguments (hf_pretrain.resolve): read back by
+# evaluation and publishing, ignored when the file is given as a config.
+RESOLVED_SECTION = "resolved_run"
+
+
+def parse_mapping(value: dict | str | None, name: str) -> dict:
+    """Dict fields come as dicts from YAML and as JSON strings from the command line."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, dict):
+        return value
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{name} must be a mapping (YAML) or a JSON object string, got {value!r}: {error}") from None
+    if not isinstance(parsed, dict):
+        raise ValueError(f"{name} must be a JSON object, got {value!r}.")
+    return parsed
 
 
 def _fail(message: str):
@@ -41,6 +60,7 @@ def load_yaml_config(path: str, dataclass_types: Sequence[type]) -> dict:
         config = yaml.safe_load(handle) or {}
     if not isinstance(config, dict):
         raise ValueError(f"Config file {path!r} must hold a mapping of field: value, got {type(config).__name__}.")
+    config.pop(RESOLVED_SECTION, None)
     _check_keys(config, dataclass_types, path)
     return config
 

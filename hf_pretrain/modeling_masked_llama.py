@@ -25,6 +25,9 @@ Loading a saved masked LM:
 
 from __future__ import annotations
 
+import json
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -209,6 +212,29 @@ class LlamaForMaskedLM(LlamaPreTrainedModel):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
         set_bidirectional(self, True)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, then config.json is made to say what the saved network is.
+
+        A bidirectional model is saved without `is_causal: false`: this class is bidirectional by itself, and the
+        flag in config.json would turn a *causal* class that reads the file (`AutoModelForCausalLM` on this folder)
+        silently bidirectional. A model saved while causal (the CLM phase of CLM→MLM) is saved as the causal LM it
+        is then: `LlamaForCausalLM`, `is_causal: true`.
+        """
+        super().save_pretrained(save_directory, *args, **kwargs)
+        path = os.path.join(save_directory, "config.json")
+        if not os.path.isfile(path):  # another process wrote the weights (is_main_process=False)
+            return
+        with open(path, encoding="utf-8") as handle:
+            saved = json.load(handle)
+        if saved.get("is_causal", True) is False:
+            del saved["is_causal"]
+        else:
+            saved["architectures"] = ["LlamaForCausalLM"]
+            saved.pop("auto_map", None)
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(saved, handle, indent=2, sort_keys=True)
+            handle.write("\n")
 
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head

@@ -1,9 +1,14 @@
-"""One registry: objective name → which model it needs, how batches are built, which attention the model uses.
+"""The objective registry: one `ObjectiveSpec` per run objective, and the `ObjectivePlan` of a run.
 
-The trainer never branches on objective names: it asks the `ObjectivePlan` which objective is active at the
-current global step (a pure function of the step, so resume and DataLoader workers need no shared state), and the
-batches carry a view for every objective the run will use. DataLoader workers build all views (masking is cheap
-next to a training step); the main process only picks one at the step.
+An entry owns everything the rest of the code would otherwise re-derive from the objective's name: which model
+kinds it accepts, the phases it trains (each with its attention and label convention), the collator factory
+(given the tokenizer, the arguments and the resolved attention implementation), the special tokens it needs, the
+metric it logs, its model-card wording and the hyper-parameters that belong to it. The resolve step, the trainer,
+the pipeline, the tokenizer check and the model card ask the registry; nothing outside this module compares
+objective names (`tests/test_objectives.py` checks that).
+
+The trainer asks the `ObjectivePlan` which phase is active at the current global step (a pure function of the
+step, so resume and DataLoader workers need no shared state); batches carry a view for every phase of the run.
 
 Decoder-only masked LM (the EuroBERT / arXiv 2507.00994 setup) runs through one forward convention for both
 phases: `labels[t]` is the target predicted at position t, unshifted. Masked LM labels are the original tokens at
@@ -13,8 +18,8 @@ computes an unshifted loss over labelled positions only, causal or bidirectional
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
@@ -26,33 +31,253 @@ from hf_pretrain.collators import (
     DataCollatorForUL2,
 )
 
+IGNORE_INDEX = -100
+ATTENTIONS = ("causal", "bidirectional", "prefix", "encoder_decoder")
+DECODER, ENCODER_DECODER = "decoder", "encoder_decoder"
+_KIND_NAMES = {DECODER: "decoder-only", ENCODER_DECODER: "encoder-decoder"}
+MASKED_DECODER_TYPES = ("llama",)  # model types with a registered masked-LM head (hf_pretrain.modeling_masked_llama)
+# Attention implementations that take a custom 4D mask, and the form each consumes (eager adds the mask to the
+# scores, so it needs the additive float form; a boolean mask there would add 0/1 and mask nothing).
+MASK_FORMATS = {"sdpa": "bool", "eager": "additive"}
+
 
 @dataclass(frozen=True)
-class Objective:
-    """What an objective needs from the model and how its loss reads the labels."""
+class Phase:
+    """What one phase of a run trains: the attention the model must have and how its loss reads the labels."""
 
     name: str
-    attention: str  # "causal", "bidirectional", "prefix" (4D mask from the collator) or "encoder_decoder"
-    masked_decoder: bool = False  # needs a decoder that can switch to bidirectional attention (LlamaForMaskedLM)
+    attention: str  # one of ATTENTIONS; "prefix" = causal model + a 4D prefix mask from the collator
+    masked_decoder: bool = False  # the model is a decoder with a masked-LM head (LlamaForMaskedLM)
     unshifted_labels: bool = False  # labels[t] is the target at position t (the masked-decoder convention)
+    metric: str = "perplexity"  # "perplexity" (exp of the loss) or "mlm_accuracy" (counted from the logits)
+    label: str = ""  # short name in model cards and logs
+    description: str = ""  # what it trains, in a model card
+
+    def __post_init__(self):
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"Phase attention must be one of {ATTENTIONS}, got {self.attention!r}.")
 
 
-OBJECTIVES: dict[str, Objective] = {
-    "clm": Objective("clm", "causal"),
-    "mlm": Objective("mlm", "bidirectional", masked_decoder=True, unshifted_labels=True),
-    "prefix_lm": Objective("prefix_lm", "prefix"),
-    "span_corruption": Objective("span_corruption", "encoder_decoder"),
-    "ul2": Objective("ul2", "encoder_decoder"),
-    # The first phase of clm_then_mlm: causal attention, next-token labels in the masked-decoder convention.
-    "clm_unshifted": Objective("clm_unshifted", "causal", masked_decoder=True, unshifted_labels=True),
+_CLM = "causal language modelling: next-token prediction"
+PHASES: dict[str, Phase] = {
+    phase.name: phase
+    for phase in (
+        Phase("clm", "causal", label="CLM", description=_CLM),
+        # The first phase of clm_then_mlm: causal attention, next-token labels in the masked-decoder convention.
+        Phase("clm_unshifted", "causal", masked_decoder=True, unshifted_labels=True, label="CLM", description=_CLM),
+        Phase(
+            "mlm",
+            "bidirectional",
+            masked_decoder=True,
+            unshifted_labels=True,
+            metric="mlm_accuracy",
+            label="MLM",
+            description="masked language modelling, bidirectional attention",
+        ),
+        Phase("prefix_lm", "prefix", label="Prefix-LM", description="bidirectional prefix, causal continuation"),
+        Phase(
+            "span_corruption",
+            "encoder_decoder",
+            label="Span corruption",
+            description="T5-style sentinel spans, encoder-decoder or prefix decoder",
+        ),
+        Phase("ul2", "encoder_decoder", label="UL2", description="mixture of R/X/S denoisers with mode tokens"),
+    )
 }
-RUN_OBJECTIVES = ("clm", "mlm", "clm_then_mlm", "prefix_lm", "span_corruption", "ul2")
-MASKED_DECODER_TYPES = ("llama",)  # model types with a registered masked-LM head (hf_pretrain.modeling_masked_llama)
+
+
+@dataclass(frozen=True)
+class CollatorContext:
+    """What a collator factory may use: decided by the resolve step, never re-read from the arguments."""
+
+    tokenizer: object
+    args: object  # PretrainingArguments (the objective's hyper-parameters and the seed)
+    decoder_only: bool
+    attn_implementation: str  # the implementation the model really runs with
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """A run objective. `phase_names` are the phases in order; `switch_field` names the argument that places the
+    switches (a fraction of the run)."""
+
+    name: str
+    description: str  # model-card wording
+    phase_names: tuple[str, ...]
+    model_kinds: tuple[str, ...]  # DECODER and/or ENCODER_DECODER
+    collator: Callable[[CollatorContext], object]
+    required_tokens: tuple[str, ...] = ("eos_token", "pad_token")
+    needs_sentinels: bool = False  # T5 sentinel tokens <extra_id_N>
+    hyperparameters: tuple[str, ...] = ()  # PretrainingArguments fields that belong to this objective
+    switch_field: str | None = None
+    decoder_flag: str | None = None  # a boolean argument that must be set to run it on a decoder-only model
+
+    @property
+    def phases(self) -> tuple[Phase, ...]:
+        return tuple(PHASES[name] for name in self.phase_names)
+
+    @property
+    def masked_decoder(self) -> bool:
+        """Whether the model must be a decoder with a masked-LM head (LlamaForMaskedLM) for the whole run."""
+        return any(phase.masked_decoder for phase in self.phases)
+
+    def uses_4d_mask(self, decoder_only: bool) -> bool:
+        """Whether the collator sends a custom (B, 1, T, T) mask (prefix-style attention on a decoder)."""
+        return decoder_only and (any(p.attention == "prefix" for p in self.phases) or self.decoder_flag is not None)
+
+    def phase_starts(self, total_steps: int, switch_fraction: float | None = None) -> tuple[tuple[int, str], ...]:
+        """(first step, phase name) for each phase of a run of `total_steps` steps."""
+        if len(self.phase_names) == 1:
+            return ((0, self.phase_names[0]),)
+        switch_step = round(switch_fraction * total_steps)
+        if not 0 < switch_step < total_steps:
+            raise ValueError(
+                f"{self.switch_field}={switch_fraction} of {total_steps} steps puts the switch at step {switch_step}, "
+                "outside the run: raise max_steps or move it toward 0.5."
+            )
+        return ((0, self.phase_names[0]), (switch_step, self.phase_names[1]))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Collator factories
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _masked_kwargs(args) -> dict:
+    return {
+        "mlm_probability": args.mlm_probability,
+        "mask_replace_prob": args.mask_replace_prob,
+        "random_replace_prob": args.random_replace_prob,
+        "whole_word_mask": args.whole_word_mask,
+        "seed": args.seed,
+    }
+
+
+def _seq2seq_kwargs(context: CollatorContext) -> dict:
+    kwargs = {"decoder_only": context.decoder_only, "seed": context.args.seed}
+    if context.decoder_only:  # the 4D mask in the form the model's attention consumes
+        kwargs["attn_implementation"] = context.attn_implementation
+    return kwargs
+
+
+def _clm_collator(context: CollatorContext):
+    return DataCollatorForCausalLM(context.tokenizer)
+
+
+def _mlm_collator(context: CollatorContext):
+    return DataCollatorForMaskedLM(context.tokenizer, **_masked_kwargs(context.args))
+
+
+def _clm_then_mlm_collator(context: CollatorContext):
+    return MultiObjectiveCollator(
+        DataCollatorForMaskedLM(context.tokenizer, **_masked_kwargs(context.args)),
+        DataCollatorForCausalLM(context.tokenizer),
+    )
+
+
+def _prefix_lm_collator(context: CollatorContext):
+    return DataCollatorForPrefixLM(context.tokenizer, **_seq2seq_kwargs(context))
+
+
+def _span_collator(context: CollatorContext):
+    args = context.args
+    return DataCollatorForSpanCorruption(
+        context.tokenizer,
+        noise_density=args.noise_density,
+        mean_noise_span_length=args.mean_noise_span_length,
+        **_seq2seq_kwargs(context),
+    )
+
+
+def _ul2_collator(context: CollatorContext):
+    return DataCollatorForUL2(context.tokenizer, **_seq2seq_kwargs(context))
+
+
+_MASKING = ("mlm_probability", "mask_replace_prob", "random_replace_prob")
+OBJECTIVES: dict[str, ObjectiveSpec] = {
+    spec.name: spec
+    for spec in (
+        ObjectiveSpec("clm", "causal language modelling: next-token prediction", ("clm",), (DECODER,), _clm_collator),
+        ObjectiveSpec(
+            "mlm",
+            "masked language modelling, bidirectional attention",
+            ("mlm",),
+            (DECODER,),
+            _mlm_collator,
+            required_tokens=("eos_token", "pad_token", "mask_token"),
+            hyperparameters=(*_MASKING, "whole_word_mask"),
+        ),
+        ObjectiveSpec(
+            "clm_then_mlm",
+            "causal language modelling, then masked language modelling with bidirectional attention",
+            ("clm_unshifted", "mlm"),
+            (DECODER,),
+            _clm_then_mlm_collator,
+            required_tokens=("eos_token", "pad_token", "mask_token"),
+            hyperparameters=("switch_fraction", *_MASKING),
+            switch_field="switch_fraction",
+        ),
+        ObjectiveSpec(
+            "prefix_lm", "bidirectional prefix, causal continuation", ("prefix_lm",), (DECODER,), _prefix_lm_collator
+        ),
+        ObjectiveSpec(
+            "span_corruption",
+            "T5-style sentinel spans, encoder-decoder or prefix decoder",
+            ("span_corruption",),
+            (ENCODER_DECODER, DECODER),
+            _span_collator,
+            needs_sentinels=True,
+            hyperparameters=("noise_density", "mean_noise_span_length", "span_decoder_only"),
+            decoder_flag="span_decoder_only",
+        ),
+        ObjectiveSpec(
+            "ul2",
+            "mixture of R/X/S denoisers with mode tokens",
+            ("ul2",),
+            (ENCODER_DECODER, DECODER),
+            _ul2_collator,
+            needs_sentinels=True,
+            hyperparameters=("span_decoder_only",),
+            decoder_flag="span_decoder_only",
+        ),
+    )
+}
+RUN_OBJECTIVES = tuple(OBJECTIVES)
+
+
+def get_objective(name: str) -> ObjectiveSpec:
+    if name not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {RUN_OBJECTIVES}, got {name!r}.")
+    return OBJECTIVES[name]
+
+
+def check_model_fits_objective(spec: ObjectiveSpec, config, attn_implementation: str, args) -> None:
+    """Stop before any work when the model cannot run the objective; the message says what would."""
+    kind = ENCODER_DECODER if getattr(config, "is_encoder_decoder", False) else DECODER
+    model_type = getattr(config, "model_type", "?")
+    if kind not in spec.model_kinds:
+        needed = " or ".join(_KIND_NAMES[k] for k in spec.model_kinds)
+        raise ValueError(f"objective={spec.name!r} needs a {needed} model; {model_type} is an {_KIND_NAMES[kind]}.")
+    if kind == DECODER and spec.decoder_flag and not getattr(args, spec.decoder_flag):
+        raise ValueError(
+            f"objective={spec.name!r} on a decoder-only model needs {spec.decoder_flag}: true (inputs then "
+            "targets in one sequence, bidirectional over the inputs), or an encoder-decoder model_preset."
+        )
+    if spec.masked_decoder and model_type not in MASKED_DECODER_TYPES:
+        raise ValueError(
+            f"objective={spec.name!r} needs a decoder that can be made bidirectional with a masked-LM head; "
+            f"supported model types: {MASKED_DECODER_TYPES}, got {model_type!r}."
+        )
+    if spec.uses_4d_mask(kind == DECODER) and attn_implementation not in MASK_FORMATS:
+        raise ValueError(
+            f"objective={spec.name!r} on a decoder-only model passes a 4D prefix mask, which "
+            f"attn_implementation={attn_implementation!r} cannot take; use one of {tuple(MASK_FORMATS)}."
+        )
 
 
 @dataclass(frozen=True)
 class ObjectivePlan:
-    """Which objective is active at each global step: `phases` are (first step, objective name), sorted."""
+    """Which phase is active at each global step: `phases` are (first step, phase name), sorted."""
 
     phases: tuple[tuple[int, str], ...]
 
@@ -60,29 +285,21 @@ class ObjectivePlan:
         starts = [start for start, _ in self.phases]
         if not starts or starts[0] != 0 or starts != sorted(set(starts)):
             raise ValueError(f"ObjectivePlan phases must start at step 0 and increase, got {self.phases}.")
-        unknown = [name for _, name in self.phases if name not in OBJECTIVES]
+        unknown = [name for _, name in self.phases if name not in PHASES]
         if unknown:
-            raise ValueError(f"Unknown objective(s) {unknown}; known: {sorted(OBJECTIVES)}.")
+            raise ValueError(f"Unknown phase(s) {unknown}; known: {sorted(PHASES)}.")
 
     @classmethod
     def for_run(cls, objective: str, total_steps: int, switch_fraction: float | None = None) -> ObjectivePlan:
-        """The plan of a run: one objective, or clm_then_mlm switching at round(switch_fraction · total_steps)."""
-        if objective != "clm_then_mlm":
-            return cls(((0, objective),))
-        switch_step = round(switch_fraction * total_steps)
-        if not 0 < switch_step < total_steps:
-            raise ValueError(
-                f"switch_fraction={switch_fraction} of {total_steps} steps puts the switch at step {switch_step}, "
-                "outside the run: raise max_steps or move switch_fraction toward 0.5."
-            )
-        return cls(((0, "clm_unshifted"), (switch_step, "mlm")))
+        """The plan of a run: its objective's phases, a switch at round(switch_fraction · total_steps)."""
+        return cls(get_objective(objective).phase_starts(total_steps, switch_fraction))
 
-    def at(self, step: int) -> Objective:
+    def at(self, step: int) -> Phase:
         name = self.phases[0][1]
         for start, phase_name in self.phases:
             if step >= start:
                 name = phase_name
-        return OBJECTIVES[name]
+        return PHASES[name]
 
     @property
     def switch_steps(self) -> list[int]:
@@ -106,109 +323,58 @@ def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
     Equal to what `ForCausalLMLoss` does inside the model (compare logits[:, :-1] with labels[:, 1:]); a -100 at a
     document start (padding-free batches) removes the prediction from the previous document's last token.
     """
-    return torch.nn.functional.pad(labels[..., 1:], (0, 1), value=-100)  # (B, T)
+    return torch.nn.functional.pad(labels[..., 1:], (0, 1), value=IGNORE_INDEX)  # (B, T)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Batches: one view per objective of the run, chosen at the training step.
+# Batches: one view per phase of the run, chosen at the training step.
 # ---------------------------------------------------------------------------------------------------------------
 
 VIEW_SEPARATOR = "::"
 
 
-def select_view(batch: Mapping, objective: Objective) -> dict:
-    """The model inputs of `objective` from a batch that carries several views (`name::key`); single views pass."""
-    prefix = objective.name + VIEW_SEPARATOR
+def select_view(batch: Mapping, phase: Phase) -> dict:
+    """The model inputs of `phase` from a batch that carries several views (`name::key`); single views pass."""
+    prefix = phase.name + VIEW_SEPARATOR
     if not any(VIEW_SEPARATOR in key for key in batch):
         return dict(batch)
     view = {key[len(prefix) :]: value for key, value in batch.items() if key.startswith(prefix)}
     if not view:
-        raise ValueError(f"The batch has no view for objective {objective.name!r}; it has keys {sorted(batch)}.")
+        raise ValueError(f"The batch has no view for phase {phase.name!r}; it has keys {sorted(batch)}.")
     return view
 
 
 @dataclass
 class MultiObjectiveCollator:
-    """Collate once, then build the batch of every objective of a run (CLM and MLM views for clm_then_mlm).
+    """Collate once, then build the batch of every phase of a run (CLM and MLM views for clm_then_mlm).
 
-    Keys are `<objective>::<key>`; `select_view` picks one in the main process at the step, so the switch lands
-    on the exact global step whatever the DataLoader workers have prefetched.
+    Keys are `<phase>::<key>`; `select_view` picks one in the main process at the step, so the switch lands on
+    the exact global step whatever the DataLoader workers have prefetched.
     """
 
     masked: DataCollatorForMaskedLM
     causal: DataCollatorForCausalLM
-    objectives: Sequence[str] = ("clm_unshifted", "mlm")
+    phases: Sequence[str] = field(default=("clm_unshifted", "mlm"))
+
+    def __post_init__(self):
+        views = {"clm_unshifted": self._causal_view, "mlm": self.masked.mask_tokens}
+        unknown = [name for name in self.phases if name not in views]
+        if unknown:
+            raise ValueError(f"MultiObjectiveCollator builds {sorted(views)} views, not {unknown}.")
+        self._views = [(name, views[name]) for name in self.phases]
+
+    def _causal_view(self, collated: Mapping) -> dict:
+        view = {k: v for k, v in collated.items() if k not in ("special_tokens_mask", "word_ids")}
+        view = self.causal.add_labels(view)  # labels: the inputs, -100 at padding
+        view["labels"] = next_token_targets(view["labels"])
+        return view
 
     def __call__(self, features: Sequence[Mapping]) -> dict[str, torch.Tensor]:
         collated = self.masked.collate(features)  # padded ids, attention mask, special-token mask
         batch: dict[str, torch.Tensor] = {}
-        for name in self.objectives:
-            if name == "mlm":
-                view = self.masked.mask_tokens(collated)
-            elif name == "clm_unshifted":
-                view = {k: v for k, v in collated.items() if k not in ("special_tokens_mask", "word_ids")}
-                view = self.causal.add_labels(view)  # labels: the inputs, -100 at padding
-                view["labels"] = next_token_targets(view["labels"])
-            else:
-                raise ValueError(f"MultiObjectiveCollator builds clm_unshifted and mlm views, not {name!r}.")
-            batch.update({f"{name}{VIEW_SEPARATOR}{key}": value for key, value in view.items()})
+        for name, build in self._views:
+            batch.update({f"{name}{VIEW_SEPARATOR}{key}": value for key, value in build(collated).items()})
         return batch
 
     def set_epoch(self, epoch: int) -> None:
         self.masked.set_epoch(epoch)
-
-
-def build_collator(args, tokenizer, decoder_only: bool):
-    """The data collator for `args.objective` (a `PretrainingArguments`) and a tokenizer."""
-    seed = args.seed
-    attn = getattr(args, "attn_implementation", "sdpa")
-    objective = args.objective
-    if objective == "clm":
-        return DataCollatorForCausalLM(tokenizer)
-    masked_kwargs = {
-        "mlm_probability": args.mlm_probability,
-        "mask_replace_prob": args.mask_replace_prob,
-        "random_replace_prob": args.random_replace_prob,
-        "whole_word_mask": args.whole_word_mask,
-        "seed": seed,
-    }
-    if objective == "mlm":
-        return DataCollatorForMaskedLM(tokenizer, **masked_kwargs)
-    if objective == "clm_then_mlm":
-        return MultiObjectiveCollator(
-            DataCollatorForMaskedLM(tokenizer, **masked_kwargs), DataCollatorForCausalLM(tokenizer)
-        )
-    common = {"decoder_only": decoder_only, "seed": seed}
-    if decoder_only:
-        common["attn_implementation"] = attn
-    if objective == "prefix_lm":
-        return DataCollatorForPrefixLM(tokenizer, **common)
-    if objective == "span_corruption":
-        return DataCollatorForSpanCorruption(
-            tokenizer,
-            noise_density=args.noise_density,
-            mean_noise_span_length=args.mean_noise_span_length,
-            **common,
-        )
-    if objective == "ul2":
-        return DataCollatorForUL2(tokenizer, **common)
-    raise ValueError(f"objective must be one of {RUN_OBJECTIVES}, got {objective!r}.")
-
-
-def check_model_fits_objective(objective: str, config, attn_implementation: str) -> None:
-    """Stop before training when the model cannot run the objective; the message says what would."""
-    encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
-    model_type = getattr(config, "model_type", "?")
-    if objective in ("clm", "mlm", "clm_then_mlm") and encoder_decoder:
-        raise ValueError(f"objective={objective!r} needs a decoder-only model; {model_type} is an encoder-decoder.")
-    if objective in ("mlm", "clm_then_mlm") and model_type not in MASKED_DECODER_TYPES:
-        raise ValueError(
-            f"objective={objective!r} needs a decoder that can be made bidirectional with a masked-LM head; "
-            f"supported model types: {MASKED_DECODER_TYPES}, got {model_type!r}."
-        )
-    uses_4d_mask = objective == "prefix_lm" or (objective in ("span_corruption", "ul2") and not encoder_decoder)
-    if uses_4d_mask and attn_implementation not in ("sdpa", "eager"):
-        raise ValueError(
-            f"objective={objective!r} on a decoder-only model passes a 4D prefix mask, which "
-            f"attn_implementation={attn_implementation!r} cannot take; use 'sdpa' or 'eager'."
-        )

@@ -8,7 +8,7 @@ hands the phases to `get_wsd_schedule` itself, so training uses transformers' co
 Why the checkpoint state: a `LambdaLR` checkpoint stores the step, not the lambda. A resumed run rebuilds the lambda
 from its *current* arguments, so changing `max_steps` or the decay fraction makes the learning rate jump.
 `ScheduleStateCallback` writes the phase boundaries into each checkpoint's `trainer_state.json`, and
-`schedule_from_checkpoint` reads them back so the resumed run can rebuild the schedule it started with. The same
+`hf_pretrain.checkpoint_state.schedule_from_checkpoint` reads them back so the resumed run can rebuild the schedule it started with. The same
 file gives the stable-phase checkpoints from which `cooldown_schedule` branches off a decay-only run.
 """
 
@@ -17,14 +17,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-import os
 from dataclasses import dataclass
 
 import torch
 from transformers import get_wsd_schedule
 from transformers.trainer_callback import ExportableState, TrainerCallback
-
-from hf_pretrain.callbacks._state import stored_callback_args
 
 SCHEDULE_TYPES = ("linear", "cosine", "1-sqrt")
 _COSINE_CYCLES = 0.5  # get_wsd_schedule's default num_cycles: one half-cosine from the peak down to min_lr_ratio
@@ -238,16 +235,3 @@ class ScheduleStateCallback(TrainerCallback, ExportableState):
 
     def state(self) -> dict:
         return {"args": self.schedule.to_dict() if self.schedule is not None else {}, "attributes": {}}
-
-
-def schedule_from_checkpoint(checkpoint_dir: str | os.PathLike) -> WSDSchedule | None:
-    """The schedule a `ScheduleStateCallback` stored in `checkpoint_dir`; None if the checkpoint has none.
-
-    A checkpoint folder that does not exist is an error (a typo must not silently start a fresh schedule).
-    """
-    schedules = {
-        WSDSchedule.from_dict(args) for args in stored_callback_args(checkpoint_dir, ScheduleStateCallback.__name__)
-    }
-    if len(schedules) > 1:
-        raise ValueError(f"{checkpoint_dir} holds {len(schedules)} different WSD schedules; expected one.")
-    return schedules.pop() if schedules else None

@@ -9,7 +9,7 @@ several machines, or carries a DeepSpeed JSON whose scheduler/optimizer block wo
 
 import sys
 
-from hf_pretrain.launch import check_accelerate_config
+from hf_pretrain.training.distributed import check_accelerate_config
 
 
 def main(paths=None) -> int:

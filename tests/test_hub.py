@@ -18,9 +18,9 @@ from hub_server import HubServer
 from huggingface_hub import ModelCard, constants
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
-from hf_pretrain.hub import HubPublisher, PushJob, RetryPolicy, check_revision_template, human_count, revision_name
-from hf_pretrain.hub_run import checkpoint_job, list_checkpoints, read_revisions
-from hf_pretrain.model_card import RunSummary, objective_ranges, render_model_card
+from hf_pretrain.hub.publisher import HubPublisher, PushJob, RetryPolicy, check_revision_template, human_count, revision_name
+from hf_pretrain.hub.run import checkpoint_job, list_checkpoints, read_revisions
+from hf_pretrain.hub.model_card import RunSummary, objective_ranges, render_model_card
 from hf_pretrain.objectives import ObjectivePlan
 from hf_pretrain.schedules import WSDSchedule
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from hf_pretrain.launch import check_accelerate_config, check_deepspeed_config, resolve_global_batch
+from hf_pretrain.training.distributed import check_accelerate_config, check_deepspeed_config, resolve_global_batch
 
 
 @pytest.mark.parametrize(

@@ -260,7 +260,8 @@ def test_from_causal_lm_shares_modules(tmp_path):
 
     masked.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["architectures"] == ["LlamaForMaskedLM"] and config["is_causal"] is False
+    # Bidirectional by its class; no `is_causal: false` that would make a causal class reading the file bidirectional.
+    assert config["architectures"] == ["LlamaForMaskedLM"] and "is_causal" not in config
 
 
 # --- auto classes -------------------------------------------------------------------------------------------------
@@ -280,7 +281,7 @@ def test_auto_model_round_trip(tmp_path):
     ids, logits = _auto_round_trip_checkpoint(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["auto_map"] == {"AutoModelForMaskedLM": "modeling_masked_llama.LlamaForMaskedLM"}
-    assert config["is_causal"] is False and config["sparse_prediction"] is True
+    assert "is_causal" not in config and config["sparse_prediction"] is True
     copied = tmp_path / "modeling_masked_llama.py"
     assert copied.is_file()
     imported = {
@@ -289,7 +290,7 @@ def test_auto_model_round_trip(tmp_path):
         if isinstance(node, (ast.Import, ast.ImportFrom))
         for alias in node.names
     }
-    assert imported <= {"__future__", "torch", "transformers"}, imported
+    assert imported <= {"__future__", "json", "os", "torch", "transformers"}, imported  # no hf_pretrain
 
     loaded = AutoModelForMaskedLM.from_pretrained(tmp_path)
     assert type(loaded) is LlamaForMaskedLM

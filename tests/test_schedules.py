@@ -10,13 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments, get_wsd_schedule
 
+from hf_pretrain.checkpoint_state import schedule_from_checkpoint
 from hf_pretrain.schedules import (
     SCHEDULE_TYPES,
     ScheduleStateCallback,
     WSDSchedule,
     cooldown_schedule,
     resolve_steps,
-    schedule_from_checkpoint,
     wsd_schedule,
 )
 

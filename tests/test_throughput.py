@@ -1,7 +1,7 @@
 import pytest
 
 from hf_pretrain.models import build_config, build_model
-from hf_pretrain.throughput import ThroughputMeter, flop_counted_parameters, flops_per_token, peak_flops_per_device
+from hf_pretrain.training.throughput import ThroughputMeter, flop_counted_parameters, flops_per_token, peak_flops_per_device
 
 
 def test_flops_per_token_is_six_n_plus_attention(tokenizer):
@@ -26,7 +26,7 @@ def test_peak_flops_by_device_name(name, peak):
 
 def test_meter_reports_the_interval_not_the_run(monkeypatch):
     now = iter([10.0, 12.0, 13.0])
-    monkeypatch.setattr("hf_pretrain.throughput.time.perf_counter", lambda: next(now))
+    monkeypatch.setattr("hf_pretrain.training.throughput.time.perf_counter", lambda: next(now))
     meter = ThroughputMeter(flops_per_token=1e9, peak_flops=1e12)
     assert meter.update(1000) == {}  # the first call only starts the clock
     assert meter.update(5000) == pytest.approx({"tokens_per_second": 2000.0, "mfu": 2.0})

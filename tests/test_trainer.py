@@ -11,8 +11,9 @@ from _runs import REPO, pretrain, train_logs
 from _runs import log_history as history
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
-from hf_pretrain.launch import check_deepspeed_config
-from hf_pretrain.schedules import schedule_from_checkpoint, wsd_schedule
+from hf_pretrain.training.distributed import check_deepspeed_config
+from hf_pretrain.checkpoint_state import schedule_from_checkpoint
+from hf_pretrain.schedules import wsd_schedule
 
 TINY = [
     "--model_preset", "llama-tiny", "--tokenizer_vocab_size", "1024", "--block_size", "32",

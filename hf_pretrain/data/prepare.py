@@ -23,18 +23,18 @@ import numpy as np
 import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, concatenate_datasets, load_from_disk
 
-from hf_pretrain.arguments import parse_mapping
+from hf_pretrain.cli import parse_mapping
 from hf_pretrain.data.dedup import document_hashes, document_signatures, exact_duplicates, near_duplicates
 from hf_pretrain.data.mixing import mix_blocks, normalize_weights
 from hf_pretrain.data.packing import pack_blocks, tokenize_documents
 from hf_pretrain.data.quality import DEFAULT_FILTERS, NORMALIZATIONS, DocumentFilter, filter_documents
 from hf_pretrain.data.sources import parse_sources
 from hf_pretrain.data.tokenizer import load_tokenizer, train_tokenizer
+from hf_pretrain.run_layout import TOKENIZER_SUBDIR
 
 logger = logging.getLogger(__name__)
 
 STATS_FILE = "stats.json"
-TOKENIZER_SUBDIR = "tokenizer"
 
 
 @dataclass

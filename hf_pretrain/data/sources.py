@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 from datasets import Dataset, IterableDataset, load_dataset
 
-from hf_pretrain.arguments import DataArguments
 from hf_pretrain.data.quality import document_problem
 
 logger = logging.getLogger(__name__)
@@ -60,7 +59,7 @@ def read_files(
     return load_dataset(builder, data_files=paths, split="train", streaming=streaming, **kwargs)
 
 
-def _load_files(paths: list[str], args: DataArguments, field_name: str) -> Dataset:
+def _load_files(paths: list[str], args, field_name: str) -> Dataset:
     return read_files(paths, args.text_sample_by, field_name=field_name)
 
 
@@ -84,7 +83,7 @@ def _drop_blank(dataset: Dataset, column: str, where: str) -> Dataset:
     return kept
 
 
-def load_documents(args: DataArguments, seed: int = 0) -> tuple[Dataset | IterableDataset, Dataset | None]:
+def load_documents(args, seed: int = 0) -> tuple[Dataset | IterableDataset, Dataset | None]:
     """Training and held-out documents, each with a text column `args.text_column`.
 
     The held-out set is, in order of preference: `validation_files`, the dataset's own `validation` split, or

@@ -16,16 +16,6 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedToken
 BOS, EOS, PAD, UNK, MASK = "<s>", "</s>", "<pad>", "<unk>", "<mask>"
 UL2_MODE_TOKENS = ("[NLU]", "[NLG]", "[S2S]")
 
-# Which tokenizer attributes each objective needs; the values are the attribute names on PreTrainedTokenizerBase.
-REQUIRED_TOKENS = {
-    "clm": ("eos_token", "pad_token"),
-    "mlm": ("eos_token", "pad_token", "mask_token"),
-    "clm_then_mlm": ("eos_token", "pad_token", "mask_token"),
-    "prefix_lm": ("eos_token", "pad_token"),
-    "span_corruption": ("eos_token", "pad_token"),
-    "ul2": ("eos_token", "pad_token"),
-}
-
 
 def sentinel_token(index: int) -> str:
     """The T5 sentinel for span `index` (0 is the first span)."""
@@ -93,19 +83,18 @@ def load_tokenizer(name_or_path: str, **kwargs) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def check_special_tokens(tokenizer: PreTrainedTokenizerBase, objective: str) -> None:
-    """Raise a ValueError naming the missing tokens when `tokenizer` cannot serve `objective`."""
-    if objective not in REQUIRED_TOKENS:
-        raise ValueError(f"Unknown objective {objective!r}; expected one of {sorted(REQUIRED_TOKENS)}.")
-    missing = [name for name in REQUIRED_TOKENS[objective] if getattr(tokenizer, name, None) is None]
-    if objective in ("span_corruption", "ul2") and tokenizer.convert_tokens_to_ids(sentinel_token(0)) in (
+def check_special_tokens(tokenizer: PreTrainedTokenizerBase, objective) -> None:
+    """Raise a ValueError naming the missing tokens when `tokenizer` cannot serve `objective` (an `ObjectiveSpec`:
+    its `required_tokens` are attribute names such as "mask_token", `needs_sentinels` the T5 sentinels)."""
+    missing = [name for name in objective.required_tokens if getattr(tokenizer, name, None) is None]
+    if objective.needs_sentinels and tokenizer.convert_tokens_to_ids(sentinel_token(0)) in (
         None,
         tokenizer.unk_token_id,
     ):
         missing.append("sentinel tokens <extra_id_N>")
     if missing:
         raise ValueError(
-            f"The tokenizer lacks {', '.join(missing)}, which objective {objective!r} needs. Add them "
+            f"The tokenizer lacks {', '.join(missing)}, which objective {objective.name!r} needs. Add them "
             "(tokenizer.add_special_tokens(...), then model.resize_token_embeddings(len(tokenizer))) or leave "
             "tokenizer_name_or_path unset to train a tokenizer that has every special token."
         )

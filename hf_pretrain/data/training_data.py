@@ -1,5 +1,5 @@
-"""The training blocks of a run, from prepared data, weighted sources or a stream, and what the Trainer needs for
-them: the read order, the collator wrapper of the sequence-length curriculum and the data-position callbacks.
+"""The training blocks of a run, from prepared data, weighted sources or a stream (attaching them to a Trainer is
+`hf_pretrain.training.setup`).
 
     prepared_dataset_path  → load_from_disk; its tokenizer; train already in mixing order
     data_sources           → per source: documents → tokenize → pack → mix by weight (training order)
@@ -16,23 +16,15 @@ import math
 import os
 from dataclasses import dataclass, field
 
-import numpy as np
 from datasets import Dataset, concatenate_datasets
 
-from hf_pretrain.callbacks.data_position import (
-    SequenceLengthCallback,
-    SourceTokensCallback,
-    StreamPositionCallback,
-    blocks_per_step,
-    stream_position_from_checkpoint,
-)
-from hf_pretrain.data.curriculum import CurriculumCollator, SequenceLengthCurriculum
 from hf_pretrain.data.mixing import mix_blocks
 from hf_pretrain.data.packing import pack_blocks, tokenize_documents
-from hf_pretrain.data.prepare import TOKENIZER_SUBDIR, load_prepared
+from hf_pretrain.data.prepare import load_prepared
 from hf_pretrain.data.sources import SourceSpec, _drop_blank, parse_sources, read_files
 from hf_pretrain.data.streaming import MixedBlockStream, SourceStream
 from hf_pretrain.data.tokenizer import load_tokenizer
+from hf_pretrain.run_layout import TOKENIZER_SUBDIR
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +112,8 @@ def load_source_documents(data_args, seed: int) -> tuple[list[Dataset], list[Dat
     return train, held_out, specs
 
 
-def _blocks(documents: Dataset, tokenizer, data_args) -> Dataset:
+def source_blocks(documents: Dataset, tokenizer, data_args) -> Dataset:
+    """One source's documents ('text' column) tokenized and packed into blocks with their document_lengths."""
     tokenized = tokenize_documents(documents, tokenizer, "text", data_args.preprocessing_num_workers)
     return pack_blocks(tokenized, data_args.block_size, document_lengths=True)
 
@@ -128,10 +121,10 @@ def _blocks(documents: Dataset, tokenizer, data_args) -> Dataset:
 def mixed_data(data_args, tokenizer, train_docs, held_out, specs, seed: int) -> TrainingData:
     """Pack every source and mix the blocks by weight, in training order (nothing repeats)."""
     names, weights = [s.name for s in specs], [s.weight for s in specs]
-    blocks = [_blocks(documents, tokenizer, data_args) for documents in train_docs]
+    blocks = [source_blocks(documents, tokenizer, data_args) for documents in train_docs]
     train, info = mix_blocks(blocks, weights, names, seed=seed)
     logger.info("Mixed %d blocks from %s.", len(train), {name: i["blocks_used"] for name, i in info.items()})
-    evaluation = [_blocks(d, tokenizer, data_args) for d in held_out if d is not None and len(d)]
+    evaluation = [source_blocks(d, tokenizer, data_args) for d in held_out if d is not None and len(d)]
     return TrainingData(
         train=train,
         evaluation=concatenate_datasets(evaluation) if evaluation else None,
@@ -181,74 +174,14 @@ def tokenizer_sample(data_args, limit: int) -> Dataset:
     return Dataset.from_dict({"text": texts})
 
 
+def blocks_per_step(args) -> int:
+    """Blocks consumed by one optimizer step over all processes."""
+    return args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+
+
 def total_steps(training_args, train) -> int:
     """Optimizer steps of the run (max_steps, or the epochs over a dataset of known length)."""
     if training_args.max_steps > 0:
         return training_args.max_steps
     per_epoch = math.ceil(len(train) / blocks_per_step(training_args))
     return max(1, math.ceil(per_epoch * training_args.num_train_epochs))
-
-
-def configure(data: TrainingData, data_args, training_args) -> SequenceLengthCurriculum | None:
-    """Set the Trainer arguments the data needs; build the curriculum. Call before creating the Trainer."""
-    curriculum = None
-    if data_args.curriculum_lengths:
-        if not data.ordered:  # classic path: shuffle once, then read in that order so block index = position
-            data.train = data.train.shuffle(seed=training_args.seed).flatten_indices()
-            data.ordered = True
-        curriculum = SequenceLengthCurriculum.build(
-            data_args.curriculum_lengths,
-            data_args.curriculum_ends,
-            data_args.curriculum_unit,
-            data_args.block_size,
-            blocks_per_step(training_args),
-            total_steps(training_args, data.train),
-        )
-        logger.info("Sequence-length curriculum (first step, length): %s", curriculum.stages)
-        if data.stream is None and "block_index" not in data.train.column_names:
-            data.train = data.train.add_column("block_index", np.arange(len(data.train), dtype=np.int64))
-        training_args.remove_unused_columns = False  # block_index reaches the collator wrapper, which drops it
-    if data.ordered and data.stream is None and training_args.train_sampling_strategy != "sequential":
-        logger.info("The training blocks are stored shuffled and mixed in training order: reading them sequentially.")
-        training_args.train_sampling_strategy = "sequential"
-    if data.stream is not None:
-        if training_args.dataloader_num_workers > 0:
-            raise ValueError(
-                "Streamed blocks are produced in the training process (their position goes into checkpoints): set "
-                "dataloader_num_workers: 0 (tokenization runs in Rust threads)."
-            )
-        training_args.ignore_data_skip = True  # the stream resumes at its stored position; nothing to skip
-    return curriculum
-
-
-def attach(trainer, data: TrainingData, curriculum: SequenceLengthCurriculum | None, block_size: int) -> None:
-    """Wrap the trainer's collator for the curriculum and add the data-position callbacks."""
-    front = []
-    if curriculum is not None:
-        blocks_per_epoch = None if data.stream is not None else len(data.train)
-        trainer.data_collator = CurriculumCollator(trainer.data_collator, curriculum, blocks_per_epoch)
-        front.append(SequenceLengthCallback(trainer.data_collator))
-    if len(data.names) > 1:
-        blocks_per_epoch = None if data.stream is not None else len(data.train)
-        front.append(SourceTokensCallback(data.names, data.weights, block_size, blocks_per_epoch))
-    for callback in front:  # first, so the values are in `logs` before reporters and the printer see them
-        trainer.callback_handler.callbacks.insert(0, callback)
-    if data.stream is not None:
-        trainer.add_callback(StreamPositionCallback())
-
-
-def restore(data: TrainingData, checkpoint: str | None) -> None:
-    """Put a stream back where the checkpoint left it (prepared data: the Trainer's sampler skip does it)."""
-    if data.stream is None or checkpoint is None:
-        return
-    position = stream_position_from_checkpoint(checkpoint)
-    if position is None:
-        raise ValueError(
-            f"Checkpoint {checkpoint!r} has no stream position (StreamPositionCallback): cannot resume the stream exactly."
-        )
-    data.stream.load_state_dict(position)
-    logger.info(
-        "Resuming the stream after %d blocks: %s",
-        position["blocks"],
-        {n: s["blocks"] for n, s in position["sources"].items()},
-    )

@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from hf_pretrain.evaluation.ablation_config import AblationArguments, GridEntry
 from hf_pretrain.evaluation.intrinsic import METRICS
 from hf_pretrain.evaluation.reporting import markdown_table, mean_with_interval, plot_bars, plot_curves, write_rows
-
-if TYPE_CHECKING:  # the ablation module imports this one
-    from hf_pretrain.evaluation.ablation import AblationArguments, GridEntry
 
 logger = logging.getLogger(__name__)
 TASK_COLUMNS = {"sc": "SC acc", "tc": "TC F1", "qa": "QA F1", "ir": "IR NDCG@10"}

@@ -25,7 +25,7 @@ import torch
 import transformers
 from transformers import get_linear_schedule_with_warmup
 
-from hf_pretrain.arguments import parse_mapping
+from hf_pretrain.cli import parse_mapping
 from hf_pretrain.collators.contrastive import DataCollatorForContrastive
 from hf_pretrain.data.tokenizer import load_tokenizer
 from hf_pretrain.evaluation.encoders import ATTENTION_MODES, load_task_model

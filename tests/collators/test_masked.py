@@ -553,7 +553,7 @@ def test_masking_rate_callback(tokenizer):
     from transformers import TrainerCallback, TrainerControl, TrainerState
     from transformers.trainer_callback import CallbackHandler
 
-    from hf_pretrain.callbacks import MaskingRateCallback
+    from hf_pretrain.training.callbacks import MaskingRateCallback
 
     collator = DataCollatorForMaskedLM(tokenizer, seed=0)
     callback = MaskingRateCallback(collator, lambda step: 0.3 if step < 10 else 0.1)

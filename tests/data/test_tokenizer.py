@@ -1,6 +1,7 @@
 import pytest
 from transformers import AutoTokenizer
 
+from hf_pretrain.objectives import get_objective
 from hf_pretrain.data.tokenizer import UL2_MODE_TOKENS, check_special_tokens, sentinel_token, train_tokenizer
 
 
@@ -39,12 +40,13 @@ def test_vocabulary_too_small_is_an_error():
 
 
 def test_missing_tokens_are_named_per_objective(tokenizer):
-    check_special_tokens(tokenizer, "ul2")
+    check_special_tokens(tokenizer, get_objective("ul2"))
     without_mask = train_tokenizer(["x y z"] * 4, vocab_size=400, num_sentinels=0, mode_tokens=())
     without_mask.mask_token = None
-    with pytest.raises(ValueError, match="lacks mask_token"):
-        check_special_tokens(without_mask, "mlm")
+    with pytest.raises(ValueError, match="lacks mask_token, which objective 'mlm'"):
+        check_special_tokens(without_mask, get_objective("mlm"))
     with pytest.raises(ValueError, match="sentinel tokens"):
-        check_special_tokens(without_mask, "span_corruption")
-    with pytest.raises(ValueError, match="Unknown objective"):
-        check_special_tokens(tokenizer, "nope")
+        check_special_tokens(without_mask, get_objective("span_corruption"))
+    check_special_tokens(without_mask, get_objective("clm"))  # eos and pad are all causal LM needs
+    with pytest.raises(ValueError, match="objective must be one of"):
+        get_objective("nope")

@@ -9,11 +9,8 @@ import numpy as np
 import pytest
 from _runs import pretrain
 
-from hf_pretrain.callbacks.data_position import (
-    SourceTokensCallback,
-    StreamPositionCallback,
-    stream_position_from_checkpoint,
-)
+from hf_pretrain.checkpoint_state import stream_position_from_checkpoint
+from hf_pretrain.training.callbacks.data_position import SourceTokensCallback, StreamPositionCallback
 from hf_pretrain.data.prepare import PrepareArguments, prepare_corpus
 from hf_pretrain.data.streaming import MixedBlockStream
 

@@ -10,22 +10,14 @@ has to travel with the batches or past the model's forward.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Sequence
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from hf_pretrain.data.mixing import MixingSchedule
-
-TRAINER_STATE_NAME = "trainer_state.json"
-
-
-def blocks_per_step(args) -> int:
-    """Blocks consumed by one optimizer step over all processes."""
-    return args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+from hf_pretrain.data.training_data import blocks_per_step
 
 
 def _prepend_log(state, logs: dict, values: dict) -> None:
@@ -102,18 +94,6 @@ class StreamPositionCallback(TrainerCallback, ExportableState):
         if stream is not None and state.is_world_process_zero:  # the process that produces (and saves) the stream
             self.position = stream.position(state.global_step * blocks_per_step(args))
         return control
-
-
-def stream_position_from_checkpoint(checkpoint_dir: str | os.PathLike) -> dict | None:
-    """The stream position stored in `checkpoint_dir` by `StreamPositionCallback`, or None."""
-    path = os.path.join(checkpoint_dir, TRAINER_STATE_NAME)
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as handle:
-        stored = (json.load(handle).get("stateful_callbacks") or {}).get(StreamPositionCallback.__name__)
-    entries = stored if isinstance(stored, list) else [stored] if stored else []
-    positions = [(entry.get("attributes") or {}).get("position") for entry in entries]
-    return next((p for p in reversed(positions) if p), None)
 
 
 class SequenceLengthCallback(TrainerCallback):

@@ -1,8 +1,8 @@
 """Plan a pretraining run's compute from the command line (Chinchilla-optimal tokens, FLOPs, steps, wall time).
 
-python -m hf_pretrain.plan --parameters 70e9
-python -m hf_pretrain.plan --flops 1e23 --global_batch_tokens 4e6 --gpus 512 --gpu H100 --mfu 0.4
-python -m hf_pretrain.plan --parameters 1e9 --tokens 1e12          # how far from compute-optimal?
+python -m hf_pretrain.planning --parameters 70e9
+python -m hf_pretrain.planning --flops 1e23 --global_batch_tokens 4e6 --gpus 512 --gpu H100 --mfu 0.4
+python -m hf_pretrain.planning --parameters 1e9 --tokens 1e12          # how far from compute-optimal?
 """
 
 from __future__ import annotations

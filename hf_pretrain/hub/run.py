@@ -25,22 +25,19 @@ import shutil
 import threading
 from dataclasses import dataclass
 
-from hf_pretrain.callbacks.objective_switch import phases_from_checkpoint
-from hf_pretrain.hub import HubPublisher, PushJob, PushResult, human_count, revision_name
-from hf_pretrain.model_card import (
-    LOSS_CURVE_FILE,
+from hf_pretrain.checkpoint_state import phases_from_checkpoint
+from hf_pretrain.hub.model_card import (
     RunSummary,
     loss_curve_png,
     read_json,
     render_checkpoint_card,
     render_model_card,
 )
+from hf_pretrain.hub.publisher import HubPublisher, PushJob, PushResult, human_count, revision_name
+from hf_pretrain.run_layout import LOSS_CURVE_FILE, RESOLVED_CONFIG_FILE, REVISIONS_FILE, STAGING_DIR
 
 logger = logging.getLogger(__name__)
 
-STAGING_DIR = ".hub_staging"
-REVISIONS_FILE = "revisions.txt"
-RESOLVED_CONFIG_FILE = "resolved_config.yaml"  # hf_pretrain.pipeline.RESOLVED_CONFIG_FILE
 LOADABLE_PATTERNS = (
     "config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin",
     "adapter_config.json", "adapter_model.bin", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",

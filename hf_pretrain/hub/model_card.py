@@ -19,33 +19,18 @@ from dataclasses import dataclass, field
 import yaml
 from huggingface_hub import ModelCardData
 
-from hf_pretrain.callbacks.objective_switch import phases_from_checkpoint
-from hf_pretrain.objectives import ObjectivePlan
-from hf_pretrain.schedules import WSDSchedule, schedule_from_checkpoint
+from hf_pretrain.checkpoint_state import phases_from_checkpoint, schedule_from_checkpoint
+from hf_pretrain.objectives import OBJECTIVES, PHASES, ObjectivePlan
+from hf_pretrain.schedules import WSDSchedule
 
 logger = logging.getLogger(__name__)
 
-LOSS_CURVE_FILE = "loss_curve.png"
-OBJECTIVE_NAMES = {  # name in the plan → (short name, what it trains)
-    "clm": ("CLM", "causal language modelling: next-token prediction"),
-    "clm_unshifted": ("CLM", "causal language modelling: next-token prediction"),
-    "mlm": ("MLM", "masked language modelling, bidirectional attention"),
-    "prefix_lm": ("Prefix-LM", "bidirectional prefix, causal continuation"),
-    "span_corruption": ("Span corruption", "T5-style sentinel spans, encoder-decoder or prefix decoder"),
-    "ul2": ("UL2", "mixture of R/X/S denoisers with mode tokens"),
-}
 HYPERPARAMETERS = (
     "model_preset", "config_overrides", "tokenizer_vocab_size", "block_size", "per_device_train_batch_size",
     "gradient_accumulation_steps", "global_batch_tokens", "global_batch_size", "max_steps", "learning_rate",
     "lr_scheduler_type", "warmup_steps", "decay_steps", "decay_type", "min_lr_ratio", "optim", "weight_decay",
     "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "objective", "lora_rank", "bf16", "seed",
 )  # fmt: skip
-OBJECTIVE_HYPERPARAMETERS = {
-    "clm_then_mlm": ("switch_fraction", "mlm_probability", "mask_replace_prob", "random_replace_prob"),
-    "mlm": ("mlm_probability", "mask_replace_prob", "random_replace_prob", "whole_word_mask"),
-    "span_corruption": ("noise_density", "mean_noise_span_length", "span_decoder_only"),
-    "ul2": ("span_decoder_only",),
-}
 METRICS = ("train_loss", "eval_loss", "eval_perplexity", "eval_mlm_accuracy", "train_runtime")
 
 
@@ -175,8 +160,8 @@ def _objectives_section(summary: RunSummary) -> str:
     if summary.plan is None:
         return f"## Objective\n\n{summary.resolved.get('objective', 'unknown')}"
     ranges = objective_ranges(summary.plan, summary.steps)
-    sentence = ", then ".join(f"{OBJECTIVE_NAMES[name][0]} for steps {_steps(a, b)}" for name, a, b in ranges)
-    rows = [(OBJECTIVE_NAMES[name][0], _steps(a, b), OBJECTIVE_NAMES[name][1]) for name, a, b in ranges]
+    sentence = ", then ".join(f"{PHASES[name].label} for steps {_steps(a, b)}" for name, a, b in ranges)
+    rows = [(PHASES[name].label, _steps(a, b), PHASES[name].description) for name, a, b in ranges]
     return f"## Objectives\n\n{sentence}.\n\n" + _table(("objective", "steps", "what it trains"), rows)
 
 
@@ -228,7 +213,8 @@ def _data_section(resolved: dict) -> str:
 
 def _hyperparameters_section(summary: RunSummary) -> str:
     resolved = summary.resolved
-    keys = HYPERPARAMETERS + OBJECTIVE_HYPERPARAMETERS.get(resolved.get("objective"), ())
+    objective = OBJECTIVES.get(resolved.get("objective"))
+    keys = HYPERPARAMETERS + (objective.hyperparameters if objective is not None else ())
     rows = [(f"`{key}`", f"`{resolved[key]}`") for key in keys if resolved.get(key) not in (None, {}, [])]
     for key in ("model_name_or_path", "cooldown_from"):  # local folders by name only: no paths of this machine
         if resolved.get(key):
@@ -290,7 +276,11 @@ def card_metadata(summary: RunSummary, license: str) -> ModelCardData:
     auto_class, _ = how_to_load(summary.config, summary.adapter)
     pipeline = {"AutoModelForCausalLM": "text-generation", "AutoModelForMaskedLM": "fill-mask"}.get(auto_class)
     objectives = summary.plan.names if summary.plan else [summary.resolved.get("objective") or "pretraining"]
-    tags = ["hf_pretrain", "pretraining", *dict.fromkeys(OBJECTIVE_NAMES.get(n, (n,))[0].lower() for n in objectives)]
+    tags = [
+        "hf_pretrain",
+        "pretraining",
+        *dict.fromkeys(PHASES[n].label.lower() if n in PHASES else n for n in objectives),
+    ]
     dataset = summary.resolved.get("dataset_name")
     return ModelCardData(
         license=license,
@@ -333,7 +323,7 @@ def render_checkpoint_card(
     objective = ""
     if phases:
         name = ObjectivePlan.from_dict({"phases": phases}).at(max(step - 1, 0)).name
-        objective = f" Its last step trained {OBJECTIVE_NAMES[name][0]} ({OBJECTIVE_NAMES[name][1]})."
+        objective = f" Its last step trained {PHASES[name].label} ({PHASES[name].description})."
     metadata = ModelCardData(license=license, library_name="peft" if adapter else "transformers")
     return (
         f"---\n{metadata.to_yaml()}\n---\n\n# {repo_id.split('/')[-1]} at step {step:,}\n\n"

@@ -21,7 +21,7 @@ class MaskingRateCallback(TrainerCallback):
     `prefetch_factor` = 2 per worker) still carry the previous rate.
 
     >>> from types import SimpleNamespace
-    >>> from hf_pretrain.callbacks.masking_rate import MaskingRateCallback
+    >>> from hf_pretrain.training.callbacks.masking_rate import MaskingRateCallback
     >>> class Collator:
     ...     mlm_probability = 0.15
     >>> collator = Collator()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from hf_pretrain.throughput import PEAK_BF16_FLOPS, peak_flops_per_device
+from hf_pretrain.training.throughput import PEAK_BF16_FLOPS, peak_flops_per_device
 
 CHINCHILLA_TOKENS_PER_PARAMETER = 20.0
 FLOPS_PER_PARAMETER_TOKEN = 6.0
@@ -63,7 +63,7 @@ def optimality_warning(parameters: float, tokens: float, factor: float = FAR_FRO
 
 @dataclass
 class PlanArguments:
-    """What `python -m hf_pretrain.plan` plans from: parameters and/or a FLOPs budget, and the hardware."""
+    """What `python -m hf_pretrain.planning` plans from: parameters and/or a FLOPs budget, and the hardware."""
 
     parameters: float | None = field(
         default=None, metadata={"help": "Model parameters (with embeddings, as Chinchilla counts), e.g. 7e9."}

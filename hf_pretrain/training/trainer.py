@@ -17,17 +17,17 @@ import math
 import torch
 from transformers import Trainer
 
-from hf_pretrain.callbacks.objective_switch import ObjectiveSwitchCallback, phases_from_checkpoint
-from hf_pretrain.modeling_masked_llama import set_bidirectional
-from hf_pretrain.objectives import ObjectivePlan, select_view
-from hf_pretrain.schedules import (
-    ScheduleStateCallback,
-    WSDSchedule,
-    resolve_steps,
-    schedule_from_checkpoint,
-    wsd_schedule,
+from hf_pretrain.objectives import ObjectivePlan, Phase, select_view
+from hf_pretrain.resolve import run_plan
+from hf_pretrain.schedules import ScheduleStateCallback, WSDSchedule
+from hf_pretrain.training.attention import probe_attention, set_direction
+from hf_pretrain.training.callbacks.objective_switch import ObjectiveSwitchCallback
+from hf_pretrain.training.throughput import (
+    ThroughputMeter,
+    flop_counted_parameters,
+    flops_per_token,
+    peak_flops_per_device,
 )
-from hf_pretrain.throughput import ThroughputMeter, flop_counted_parameters, flops_per_token, peak_flops_per_device
 
 logger = logging.getLogger(__name__)
 
@@ -47,19 +47,29 @@ class PretrainingTrainer(Trainer):
     'Trainer'
     """
 
-    def __init__(self, *args, sequence_length: int | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        sequence_length: int | None = None,
+        plan: ObjectivePlan | None = None,
+        schedule: WSDSchedule | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.sequence_length = sequence_length
-        self.plan: ObjectivePlan | None = None
-        self.schedule: WSDSchedule | None = None
-        self._resumed_phases: list | None = None
-        self._resumed_schedule: WSDSchedule | None = None
-        self._bidirectional: bool | None = None
+        # The recipe hands over the plan and schedule its resolve step decided; used as a library, the trainer
+        # derives them from its arguments when it knows the run's length (create_scheduler).
+        self.plan: ObjectivePlan | None = plan
+        self.schedule: WSDSchedule | None = schedule
+        self._resolved = plan is not None
+        self._resume_from: str | None = None
+        self._attention: str | None = None  # the attention the model was last set to and probed in
+        self._owns_scheduler = False
         # [correct, predicted] masked-LM token counts since the last log, per mode (train / eval), on device.
         self._mlm_counts = {True: torch.zeros(2, dtype=torch.long), False: torch.zeros(2, dtype=torch.long)}
         self._throughput: ThroughputMeter | None = None
-        self.add_callback(ObjectiveSwitchCallback())
-        self.add_callback(ScheduleStateCallback(None))
+        self.add_callback(ObjectiveSwitchCallback(plan.to_dict()["phases"] if plan is not None else None))
+        self.add_callback(ScheduleStateCallback(schedule))
 
     def _callback(self, cls):
         return next(cb for cb in self.callback_handler.callbacks if isinstance(cb, cls))
@@ -68,73 +78,60 @@ class PretrainingTrainer(Trainer):
 
     def train(self, resume_from_checkpoint=None, **kwargs):
         if isinstance(resume_from_checkpoint, str):
-            # Phase boundaries come from the checkpoint, so changed arguments cannot move a switch or the decay.
-            self._resumed_phases = phases_from_checkpoint(resume_from_checkpoint)
-            self._resumed_schedule = schedule_from_checkpoint(resume_from_checkpoint)
+            self._resume_from = resume_from_checkpoint  # its stored phases and schedule win over the arguments
+        if self._owns_scheduler:  # a second train() builds a fresh scheduler for its fresh optimizer
+            self.lr_scheduler, self._owns_scheduler = None, False
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
-    def _resolve_plan(self, total_steps: int) -> ObjectivePlan:
-        planned = ObjectivePlan.for_run(self.args.objective, total_steps, self.args.switch_fraction)
-        if self._resumed_phases:
-            resumed = ObjectivePlan.from_dict({"phases": self._resumed_phases})
-            if resumed != planned:
-                logger.warning(
-                    "Resuming with the checkpoint's objective plan %s (arguments say %s).", resumed, planned
-                )
-            return resumed
-        return planned
-
-    def _resolve_schedule(self, total_steps: int) -> WSDSchedule:
-        args = self.args
-        if args.cooldown_from:
-            # A cooldown branch: no stable phase; an optional short warmup (its optimizer state is fresh), then decay.
-            warmup = resolve_steps(args.warmup_steps, total_steps, "warmup_steps")
-            planned = WSDSchedule(warmup, 0, total_steps - warmup, args.decay_type, min_lr_ratio=args.min_lr_ratio)
-        else:
-            planned = wsd_schedule(
-                total_steps,
-                args.warmup_steps,
-                args.decay_steps,
-                decay_type=args.decay_type,
-                min_lr_ratio=args.min_lr_ratio,
-            )
-        if self._resumed_schedule is not None:
-            if self._resumed_schedule != planned:
-                logger.warning(
-                    "Resuming with the checkpoint's schedule %s (arguments say %s).", self._resumed_schedule, planned
-                )
-            return self._resumed_schedule
-        return planned
-
     def create_scheduler(self, num_training_steps: int, optimizer=None):
-        self.plan = self._resolve_plan(num_training_steps)
-        self._callback(ObjectiveSwitchCallback).phases = self.plan.to_dict()["phases"]
-        if self.args.lr_scheduler_type != "warmup_stable_decay" or self.lr_scheduler is not None:
+        if not self._resolved:
+            self.plan, schedule = run_plan(self.args, num_training_steps, self._resume_from)
+            self.schedule = self.schedule or schedule
+            self._callback(ObjectiveSwitchCallback).phases = self.plan.to_dict()["phases"]
+            self._callback(ScheduleStateCallback).schedule = self.schedule
+        elif self.schedule is not None and self.schedule.total_steps != num_training_steps:
+            raise RuntimeError(
+                f"The resolved schedule covers {self.schedule.total_steps} steps but the Trainer plans "
+                f"{num_training_steps}: the run's length changed after it was resolved."
+            )
+        if self.schedule is None or self.lr_scheduler is not None:
             return super().create_scheduler(num_training_steps, optimizer)
-        self.schedule = self._resolve_schedule(num_training_steps)
-        self._callback(ScheduleStateCallback).schedule = self.schedule
+        # Not super(): transformers' create_scheduler reads warmup and the WSD phases from self.args, and a resolved
+        # run never writes them back into its arguments (they may come from the checkpoint being resumed, and
+        # fractions were resolved against the run's length). The scheduler itself is transformers' own
+        # get_wsd_schedule (WSDSchedule.build), with the phases given as step counts.
         self.lr_scheduler = self.schedule.build(optimizer or self.optimizer)
-        self._created_lr_scheduler = True
+        self._owns_scheduler = True
         logger.info("Schedule: %s; objectives: %s", self.schedule, self.plan.phases)
         return self.lr_scheduler
 
     # ---- the objective of the step -------------------------------------------------------------------------------
 
-    def current_objective(self):
-        if self.plan is None:  # evaluate() before train(): the plan's first objective
+    def current_objective(self) -> Phase:
+        if self.plan is None:  # evaluate() before train(): the plan's first phase
             self.plan = ObjectivePlan.for_run(
                 self.args.objective, max(self.args.max_steps, 1), self.args.switch_fraction
             )
         return self.plan.at(self.state.global_step)
 
+    def _mask_implementation(self) -> str | None:
+        """The attention implementation the collator builds its 4D masks for (what the probe must check)."""
+        collator = self.data_collator
+        while collator is not None and not hasattr(collator, "attn_implementation"):
+            collator = getattr(collator, "collator", None)
+        return getattr(collator, "attn_implementation", None)
+
     def _prepare_objective(self, inputs: dict) -> dict:
-        objective = self.current_objective()
-        if objective.masked_decoder:
-            bidirectional = objective.attention == "bidirectional"
-            if bidirectional != self._bidirectional:
-                set_bidirectional(self.accelerator.unwrap_model(self.model), bidirectional)
-                self._bidirectional = bidirectional
-        return select_view(inputs, objective)
+        phase = self.current_objective()
+        if phase.attention != self._attention:  # the first step, and every switch: set, then measure
+            model = self.accelerator.unwrap_model(self.model)
+            set_direction(model, phase.attention)
+            measured = probe_attention(model, phase.attention, self._mask_implementation())
+            logger.info(
+                "Step %d: %s attention (%s), probe %s", self.state.global_step, phase.attention, phase.name, measured
+            )
+            self._attention = phase.attention
+        return select_view(inputs, phase)
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         # Select each batch's view before the Trainer counts its labels for loss normalisation.
@@ -143,12 +140,12 @@ class PretrainingTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = self._prepare_objective(inputs)  # evaluation batches come here directly
-        objective = self.current_objective()
-        if not objective.unshifted_labels or "labels" not in inputs:
+        phase = self.current_objective()
+        if not phase.unshifted_labels or "labels" not in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs["labels"]
         loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
-        if objective.name == "mlm":
+        if phase.metric == "mlm_accuracy":
             self._count_mlm_accuracy(outputs.logits, labels)
         return (loss, outputs) if return_outputs else loss
 
@@ -187,11 +184,10 @@ class PretrainingTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # A training log at global step s averages steps up to s - 1; evaluation runs the objective of step s.
         step = self.state.global_step - 1 if "loss" in logs else self.state.global_step
-        objective = self.plan.at(max(step, 0)) if self.plan is not None else self.current_objective()
-        causal = objective.attention in ("causal", "prefix", "encoder_decoder")
+        phase = self.plan.at(max(step, 0)) if self.plan is not None else self.current_objective()
         for key in [k for k in logs if k == "loss" or (k.endswith("_loss") and not k.startswith("train"))]:
             prefix = key.removesuffix("loss")  # "" for training, "eval_" for evaluation
-            if causal:
+            if phase.metric == "perplexity":
                 logs[f"{prefix}perplexity"] = perplexity(logs[key])
             accuracy = self._pop_mlm_accuracy(training=not prefix)
             if accuracy is not None:

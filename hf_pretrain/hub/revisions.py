@@ -8,8 +8,8 @@ import os
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from hf_pretrain.hub import DEFAULT_REVISION_TEMPLATE, HubPublisher
-from hf_pretrain.hub_run import checkpoint_job, list_checkpoints
+from hf_pretrain.hub.publisher import DEFAULT_REVISION_TEMPLATE, HubPublisher
+from hf_pretrain.hub.run import checkpoint_job, list_checkpoints
 
 logger = logging.getLogger(__name__)
 

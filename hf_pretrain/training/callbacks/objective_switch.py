@@ -7,8 +7,6 @@ import logging
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from hf_pretrain.callbacks._state import stored_callback_args
-
 logger = logging.getLogger(__name__)
 
 
@@ -37,9 +35,3 @@ class ObjectiveSwitchCallback(TrainerCallback, ExportableState):
             logger.info("Step %d: switching objective to %s; saving the boundary checkpoint.", state.global_step, name)
             control.should_save = True
         return control
-
-
-def phases_from_checkpoint(checkpoint_dir) -> list[list] | None:
-    """The objective phases [[first step, name], ...] stored in `checkpoint_dir`, or None."""
-    stored = stored_callback_args(checkpoint_dir, ObjectiveSwitchCallback.__name__)
-    return stored[0]["phases"] if stored else None
