@@ -40,7 +40,7 @@ from hf_pretrain.objectives import (
     get_objective,
 )
 from hf_pretrain.run_layout import RESOLVED_CONFIG_FILE
-from hf_pretrain.schedules import WSDSchedule, resolve_steps, wsd_schedule
+from hf_pretrain.schedules import WSDSchedule, cooldown_schedule, resolve_steps, wsd_schedule
 from hf_pretrain.training.distributed import check_deepspeed_config, resolve_global_batch
 
 logger = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ def planned_schedule(args: PretrainingArguments, total_steps: int) -> WSDSchedul
     """The WSD schedule the arguments ask for: warmup, stable, decay; a cooldown branch has no stable phase."""
     if args.cooldown_from:  # its optimizer state is fresh: an optional short warmup, then the decay
         warmup = resolve_steps(args.warmup_steps, total_steps, "warmup_steps")
-        return WSDSchedule(warmup, 0, total_steps - warmup, args.decay_type, min_lr_ratio=args.min_lr_ratio)
+        return cooldown_schedule(total_steps - warmup, args.decay_type, args.min_lr_ratio, warmup_steps=warmup)
     return wsd_schedule(
         total_steps, args.warmup_steps, args.decay_steps, decay_type=args.decay_type, min_lr_ratio=args.min_lr_ratio
     )

@@ -206,16 +206,21 @@ def wsd_schedule(
     )
 
 
-def cooldown_schedule(decay_steps: int, decay_type: str = "linear", min_lr_ratio: float = 0.0) -> WSDSchedule:
-    """A decay-only schedule: ratio 1 at step 0, `min_lr_ratio` from step `decay_steps` on.
+def cooldown_schedule(
+    decay_steps: int, decay_type: str = "linear", min_lr_ratio: float = 0.0, warmup_steps: int = 0
+) -> WSDSchedule:
+    """A cooldown branch: no stable phase, an optional short warmup, then the decay to `min_lr_ratio`.
 
-    This is the cooldown branch: load the weights and optimizer state of a stable-phase checkpoint (where the LR is
-    the peak) and train `decay_steps` more steps with a fresh scheduler from this schedule, counting from 0.
+    The branch loads the weights of a stable-phase checkpoint (where the LR was the peak) and trains
+    `warmup_steps + decay_steps` more steps with a fresh scheduler from this schedule, counting from 0; the warmup
+    is there because the branch's optimizer state is fresh.
 
     >>> [cooldown_schedule(4).lr_ratio(step) for step in range(5)]
     [1.0, 0.75, 0.5, 0.25, 0.0]
+    >>> cooldown_schedule(4, warmup_steps=2).lr_ratio(1), cooldown_schedule(4, warmup_steps=2).total_steps
+    (0.5, 6)
     """
-    return WSDSchedule(0, 0, decay_steps, decay_type=decay_type, min_lr_ratio=min_lr_ratio)
+    return WSDSchedule(warmup_steps, 0, decay_steps, decay_type=decay_type, min_lr_ratio=min_lr_ratio)
 
 
 class ScheduleStateCallback(TrainerCallback, ExportableState):
