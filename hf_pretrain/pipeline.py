@@ -122,7 +122,7 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments, traini
         model=model,
         args=training_args,
         train_dataset=data.train,
-        eval_dataset=data.evaluation if run.evaluation else None,
+        eval_dataset=data.evaluation,  # scored at eval_strategy, and once at the end
         data_collator=run.spec.collator(context),
         processing_class=tokenizer,
         sequence_length=data_args.block_size,

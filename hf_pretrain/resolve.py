@@ -60,7 +60,7 @@ class ResolvedRun:
     mask_format: str | None  # "bool" (sdpa) or "additive" (eager) when the collator sends a 4D mask, else None
     data_path: str  # classic, mixed, prepared or streamed
     held_out: str  # how the held-out split is made, in words
-    evaluation: bool
+    evaluation: bool  # periodic evaluation (eval_strategy); held-out data is also scored once at the end
     world_size: int
     gradient_accumulation_steps: int
     tokens_per_step: int

@@ -20,7 +20,9 @@ import yaml
 from huggingface_hub import ModelCardData
 
 from hf_pretrain.checkpoint_state import phases_from_checkpoint, schedule_from_checkpoint
+from hf_pretrain.cli import RESOLVED_SECTION
 from hf_pretrain.objectives import OBJECTIVES, PHASES, ObjectivePlan
+from hf_pretrain.run_layout import RESOLVED_CONFIG_FILE
 from hf_pretrain.schedules import WSDSchedule
 
 logger = logging.getLogger(__name__)
@@ -74,8 +76,8 @@ class RunSummary:
     def from_run_dir(cls, run_dir: str, plan=None, schedule=None) -> RunSummary:
         """Read `run_dir`; `plan` and `schedule` (the trainer's, at the end of a run) win over the stored ones."""
         resolved = {}
-        if os.path.isfile(os.path.join(run_dir, "resolved_config.yaml")):
-            with open(os.path.join(run_dir, "resolved_config.yaml"), encoding="utf-8") as handle:
+        if os.path.isfile(os.path.join(run_dir, RESOLVED_CONFIG_FILE)):
+            with open(os.path.join(run_dir, RESOLVED_CONFIG_FILE), encoding="utf-8") as handle:
                 resolved = yaml.safe_load(handle) or {}
         if plan is None and (phases := phases_from_checkpoint(run_dir)):
             plan = ObjectivePlan.from_dict({"phases": phases})
@@ -184,24 +186,47 @@ def _schedule_section(summary: RunSummary) -> str:
     return f"## Learning-rate schedule\n\n{title}:\n\n" + _table(("phase", "steps", "learning rate"), rows)
 
 
-def _data_section(resolved: dict) -> str:
+def _sources_rows(resolved: dict) -> list[tuple[str, str]]:
+    """(source, mixing weight) rows for every data path: prepared, mixed sources, a Hub dataset, files, built in."""
+    if resolved.get("prepared_dataset_path"):
+        stats = read_json(os.path.join(resolved["prepared_dataset_path"], "stats.json"))
+        mixture = stats.get("mixture", {})
+        names, weights = mixture.get("names") or [], mixture.get("weights") or []
+        prepared = f"prepared dataset `{os.path.basename(os.path.normpath(resolved['prepared_dataset_path']))}`"
+        return [(f"{name} ({prepared})", f"{weight:.0%}") for name, weight in zip(names, weights)] or [
+            (prepared, "100%")
+        ]
+    sources = resolved.get("data_sources") or []
+    if isinstance(sources, str):  # a JSON string from the command line
+        sources = json.loads(sources)
+    if sources:  # read as written, not re-validated: a card may be made where the files are not
+        total = sum(float(s.get("weight", 1.0)) for s in sources)
+        return [(f"`{s.get('name')}`", f"{float(s.get('weight', 1.0)) / total:.0%}") for s in sources]
     if resolved.get("dataset_name"):
         name, subset = resolved["dataset_name"], resolved.get("dataset_config_name")
         how = f"subset `{subset}`, " if subset else ""
         how += "streamed" if resolved.get("streaming") else "downloaded"
-        rows = [(f"[{name}](https://huggingface.co/datasets/{name}) ({how})", "100%")]
-    elif resolved.get("data_files"):
+        return [(f"[{name}](https://huggingface.co/datasets/{name}) ({how})", "100%")]
+    if resolved.get("data_files"):
         files = resolved["data_files"]
         weight = "100%" if len(files) == 1 else "by size"
-        rows = [(f"`{os.path.basename(path)}`", weight) for path in files]
-    else:
-        rows = [("CPython's English reference documentation (`pydoc_data.topics`), built in", "100%")]
-    held_out = (
+        return [(f"`{os.path.basename(path)}`", weight) for path in files]
+    return [("CPython's English reference documentation (`pydoc_data.topics`), built in", "100%")]
+
+
+def _data_section(resolved: dict) -> str:
+    rows = _sources_rows(resolved)
+    derived = resolved.get(RESOLVED_SECTION) or {}
+    held_out = derived.get("held_out") or (
         ", ".join(f"`{os.path.basename(path)}`" for path in resolved.get("validation_files") or [])
         or f"{resolved.get('validation_fraction', 0):.0%} of the documents"
     )
     several = (
-        "Files are concatenated: each weighs in proportion to its size (no re-weighting). " if len(rows) > 1 else ""
+        "Files are concatenated: each weighs in proportion to its size (no re-weighting). "
+        if len(rows) > 1 and not (resolved.get("data_sources") or resolved.get("prepared_dataset_path"))
+        else "Sources are mixed at the token level by weight. "
+        if len(rows) > 1
+        else ""
     )
     return (
         "## Data\n\n"
