@@ -280,3 +280,12 @@ def test_resolved_config_loads_again_as_a_config(corpus, tmp_path):
     assert "resolved_run:" in text and yaml.safe_load(text)["resolved_run"]["total_steps"] == 2
     model_args, data_args, training_args = load_run_arguments(str(out))
     assert training_args.max_steps == 2 and data_args.data_files == [corpus["files"]["a"]]
+
+
+def test_the_model_card_names_the_data_a_mixed_or_prepared_run_trained_on(corpus):
+    from hf_pretrain.hub.model_card import _data_section
+
+    mixed = _data_section({"data_sources": corpus["sources"], "block_size": 32, "resolved_run": {"held_out": "x"}})
+    assert "`a` | 70%" in mixed and "`b` | 30%" in mixed and "pydoc" not in mixed  # before: the built-in corpus
+    prepared = _data_section({"prepared_dataset_path": corpus["prepared"], "block_size": 32})
+    assert "a (prepared dataset `prepared`) | 70%" in prepared and "pydoc" not in prepared
