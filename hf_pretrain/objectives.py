@@ -364,7 +364,8 @@ class MultiObjectiveCollator:
         self._views = [(name, views[name]) for name in self.phases]
 
     def _causal_view(self, collated: Mapping) -> dict:
-        view = {k: v for k, v in collated.items() if k not in ("special_tokens_mask", "word_ids")}
+        # block_index is there only for the masked view's rate schedule: it is no model input.
+        view = {k: v for k, v in collated.items() if k not in ("special_tokens_mask", "word_ids", "block_index")}
         view = self.causal.add_labels(view)  # labels: the inputs, -100 at padding
         view["labels"] = next_token_targets(view["labels"])
         return view
@@ -378,3 +379,15 @@ class MultiObjectiveCollator:
 
     def set_epoch(self, epoch: int) -> None:
         self.masked.set_epoch(epoch)
+
+    def set_masking_schedule(self, schedule, blocks_per_step: int = 1) -> None:
+        """A masking-rate schedule for the masked view (see `DataCollatorForMaskedLM.set_masking_schedule`)."""
+        self.masked.set_masking_schedule(schedule, blocks_per_step)
+
+    @property
+    def mlm_probability(self) -> float:
+        return self.masked.mlm_probability
+
+    @mlm_probability.setter
+    def mlm_probability(self, value: float) -> None:
+        self.masked.mlm_probability = value

@@ -94,7 +94,9 @@ class DataCollatorForMaskedLM:
         tokenizer: a tokenizer with a mask token, and a pad token unless `padding_free`.
         mlm_probability: selection rate. Settable during training (`collator.mlm_probability = 0.3`, or
             `MaskingRateCallback`): it lives in shared memory, so DataLoader worker processes use the new rate from
-            their next batch on. Batches already prefetched keep the rate they were made with.
+            their next batch on. Batches already prefetched keep the rate they were made with. A schedule
+            installed with `set_masking_schedule` (as `MaskingRateCallback` does) wins for features that carry
+            their global `block_index`: each row then gets the rate of its own step, exactly.
         mask_replace_prob, random_replace_prob: the 80/10/10 split of selected tokens.
         whole_word_mask: select whole words; the split is then drawn per word too (a word is masked, replaced
             token by token with random tokens, or kept, as a unit). Word boundaries come from a `word_ids` feature
@@ -173,6 +175,18 @@ class DataCollatorForMaskedLM:
         """Use the keys of `epoch` from the next batch on (seen by DataLoader workers too)."""
         self.epoch = epoch
 
+    _masking_schedule = None  # (schedule, blocks_per_step) once installed
+
+    def set_masking_schedule(self, schedule: Callable[[int], float] | None, blocks_per_step: int = 1) -> None:
+        """Mask each row at `schedule(step)`, step = its feature's `block_index` // `blocks_per_step`.
+
+        Install it before the DataLoader starts its workers (`MaskingRateCallback` does, at train begin); the
+        schedule must be picklable for a spawned worker. Rows without a `block_index` use `mlm_probability`.
+        """
+        if blocks_per_step < 1:
+            raise ValueError(f"blocks_per_step must be >= 1, got {blocks_per_step}.")
+        self._masking_schedule = None if schedule is None else (schedule, int(blocks_per_step))
+
     def __call__(self, features: Sequence[Mapping]) -> dict[str, torch.Tensor | int]:
         return self.mask_tokens(self.collate(features))
 
@@ -182,7 +196,8 @@ class DataCollatorForMaskedLM:
 
     def collate(self, features: Sequence[Mapping]) -> dict[str, torch.Tensor | int]:
         """Pad (or pack) the features. Adds `special_tokens_mask` (bool, the given one OR the vocabulary's special
-        tokens) and, when the features have them, `word_ids`; `mask_tokens` consumes both."""
+        tokens) and, when the features have them, `word_ids` and (with a masking schedule) `block_index` (B,);
+        `mask_tokens` consumes them."""
         if self.padding_free:
             batch = collate_packed(features, optional=_TRANSFORM_KEYS)
         else:
@@ -193,6 +208,8 @@ class DataCollatorForMaskedLM:
         if "special_tokens_mask" in batch:
             special |= batch["special_tokens_mask"].numpy() != 0
         batch["special_tokens_mask"] = torch.from_numpy(special)
+        if self._masking_schedule is not None and features and all("block_index" in f for f in features):
+            batch["block_index"] = torch.tensor([int(f["block_index"]) for f in features], dtype=torch.int64)
         return batch
 
     def _special_of(self, ids: np.ndarray) -> np.ndarray:
@@ -207,10 +224,14 @@ class DataCollatorForMaskedLM:
     # Transform: a collated batch → masked inputs and labels.
     # ----------------------------------------------------------------------------------------------------------
 
-    def mask_tokens(self, batch: Mapping) -> dict[str, torch.Tensor | int]:
+    def mask_tokens(self, batch: Mapping, mlm_probability=None) -> dict[str, torch.Tensor | int]:
         """Select and replace tokens of a collated batch (padded with `attention_mask`, or padding-free with
-        `cu_seq_lens_q`); returns a new dict with `input_ids` and `labels`, without the transform-only keys."""
+        `cu_seq_lens_q`); returns a new dict with `input_ids` and `labels`, without the transform-only keys.
+
+        The rate: `mlm_probability` if given (a number, or one per row (B,), per document when padding-free), else
+        the installed schedule at each row's step (from `block_index`), else the collator's `mlm_probability`."""
         batch = dict(batch)
+        block_index = batch.pop("block_index", None)
         if "input_ids" not in batch:
             raise ValueError(f"The batch has no 'input_ids'; found keys {sorted(batch)}.")
         # The core runs in numpy: elementwise ops and boolean indexing cost several times less there than in torch
@@ -244,7 +265,8 @@ class DataCollatorForMaskedLM:
         maskable = real & ~special  # (B, T)
         if word_ids is not None:
             maskable &= word_ids >= 0  # None in word_ids marks a special token
-        masked_ids, labels = self._mask_rows(ids, maskable, word_ids, key_lengths)
+        rates = self._row_rates(mlm_probability, block_index, len(ids))  # (B,) float64, or None: one rate
+        masked_ids, labels = self._mask_rows(ids, maskable, word_ids, key_lengths, rates)
 
         if packed:
             masked_ids, labels = masked_ids[real][None], labels[real][None]  # back to (1, N)
@@ -273,15 +295,33 @@ class DataCollatorForMaskedLM:
         starts[:, 0] = True
         return np.cumsum(starts, axis=1) - 1
 
+    def _row_rates(self, given, block_index, rows: int) -> np.ndarray | None:
+        if given is None and (self._masking_schedule is None or block_index is None):
+            return None
+        if given is None:  # rows of a batch normally share a step: the schedule runs once per distinct step
+            schedule, blocks_per_step = self._masking_schedule
+            steps, inverse = np.unique(_as_array(block_index, np.int64) // blocks_per_step, return_inverse=True)
+            given = np.array([schedule(int(step)) for step in steps], dtype=np.float64)[inverse.reshape(-1)]
+        rates = np.broadcast_to(_as_array(given, np.float64), (rows,))
+        if not ((rates >= 0) & (rates <= 1)).all():  # also rejects NaN
+            raise ValueError(f"mlm_probability must be in [0, 1], got {rates[~((rates >= 0) & (rates <= 1))][:4]}.")
+        return rates
+
     def _mask_rows(
-        self, ids: np.ndarray, maskable: np.ndarray, word_ids: np.ndarray | None, key_lengths: np.ndarray
+        self,
+        ids: np.ndarray,
+        maskable: np.ndarray,
+        word_ids: np.ndarray | None,
+        key_lengths: np.ndarray,
+        rates: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The masking proper on right-padded rows (B, T); draw [b, j] is keyed by (sample b, stream, j) only."""
         rows, width = ids.shape
         if rows == 0 or width == 0:
             return ids.copy(), np.full_like(ids, -100)
         keys = self._keys(ids, key_lengths)
-        probability = self.mlm_probability  # read once: one rate for the whole batch
+        probability = self.mlm_probability if rates is None else rates  # read once; else one rate per row (B,)
+        threshold = np.float32(probability) if rates is None else rates.astype(np.float32)[:, None]
         select = keyed_uniform(keys, width, _SELECT_STREAM).numpy()  # (B, T) float32, one draw per word index
         split = keyed_uniform(keys, width, _SPLIT_STREAM).numpy()  # (B, T)
 
@@ -296,7 +336,7 @@ class DataCollatorForMaskedLM:
         if self.exact_count:
             chosen = _smallest_k(select, maskable_word, probability)  # (B, W)
         else:
-            chosen = (select < np.float32(probability)) & maskable_word  # (B, W)
+            chosen = (select < threshold) & maskable_word  # (B, W)
 
         if word is not None:
             selected = np.take_along_axis(chosen, word, axis=1) & maskable  # (B, T): every token of a chosen word

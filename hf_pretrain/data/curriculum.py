@@ -3,9 +3,10 @@
 Design: the data stays in full blocks of `block_size` tokens; at collate time a block becomes k = block_size / L
 rows of L tokens, so a batch of B blocks is B·k rows of L: the same tokens, the same number of optimizer steps,
 only shorter attention spans early. Which L applies is a pure function of the block's position in training, not of
-a mutable "current step": a block's global index g (its `block_index` in the stream, or epoch · blocks per epoch +
-row index for prepared data read in order) belongs to optimizer step g // blocks_per_step. So DataLoader workers,
-prefetching and resuming all give every block the length of the step that trains on it, exactly.
+a mutable "current step": a block's global index g (its `block_index`: the stream's block counter, or the position in
+the training order over all epochs that `data.block_order` gives map-style data) belongs to optimizer step
+g // blocks_per_step. The index travels with the block, so DataLoader workers (persistent or not), prefetching and
+resuming all give every block the length of the step that trains on it, exactly.
 
 Stage ends are given in steps or in tokens (each a count, or a fraction of the run when below 1) and resolved to
 whole steps, so a batch never mixes two lengths.
@@ -103,36 +104,46 @@ class SequenceLengthCurriculum:
 class CurriculumCollator:
     """Wrap a collator: drop block bookkeeping columns, and split blocks by the curriculum.
 
-    Features with a `block_index` are split into rows of the curriculum length of their step; features without
-    one (evaluation) pass whole. `blocks_per_epoch` (prepared data read in order) turns row indices into global
-    block indices together with the epoch that `set_curriculum_epoch` sets at the start of every epoch (before the
-    DataLoader starts its workers, so they see it).
+    Features with a `block_index` (the global block index g) are split into rows of the curriculum length of step
+    g // blocks_per_step; features without one (evaluation) pass whole. Each row keeps its block's `block_index`
+    for a wrapped collator that reads per-block state (one with `set_masking_schedule`); the others never see it.
+    Settings that change during training are forwarded explicitly (`set_masking_schedule`, `mlm_probability`):
+    reads of other attributes go to the wrapped collator, writes would stay on this wrapper.
     """
 
-    def __init__(self, collator, curriculum: SequenceLengthCurriculum | None, blocks_per_epoch: int | None = None):
+    def __init__(self, collator, curriculum: SequenceLengthCurriculum | None):
         self.collator = collator
         self.curriculum = curriculum
-        self.blocks_per_epoch = blocks_per_epoch
-        self.curriculum_epoch = 0
 
-    def set_curriculum_epoch(self, epoch: int) -> None:
-        self.curriculum_epoch = epoch
-
-    def __getattr__(self, name):  # the wrapped collator's settings (mlm_probability, set_epoch, ...)
+    def __getattr__(self, name):  # the wrapped collator's settings (set_epoch, tokenizer, ...), read only
         if name == "collator":
             raise AttributeError(name)
         return getattr(self.collator, name)
 
+    def set_masking_schedule(self, schedule, blocks_per_step: int) -> None:
+        """Install a masking-rate schedule in the wrapped collator (see `DataCollatorForMaskedLM`)."""
+        self.collator.set_masking_schedule(schedule, blocks_per_step)
+
+    @property
+    def mlm_probability(self):
+        return self.collator.mlm_probability
+
+    @mlm_probability.setter
+    def mlm_probability(self, value) -> None:  # the rate of rows without a block index, set at every step
+        self.collator.mlm_probability = value
+
     def split(self, features: Sequence[Mapping]) -> list[dict]:
+        keep_index = hasattr(self.collator, "set_masking_schedule")
         rows = []
         for feature in features:
             inputs = {key: value for key, value in feature.items() if key not in METADATA_COLUMNS}
             index = feature.get("block_index")
+            if index is not None and keep_index:
+                inputs["block_index"] = int(index)
             if index is None or self.curriculum is None:
                 rows.append(inputs)
                 continue
-            global_block = int(index) + self.curriculum_epoch * (self.blocks_per_epoch or 0)
-            length = self.curriculum.length_of_block(global_block)
+            length = self.curriculum.length_of_block(int(index))
             ids = inputs.pop("input_ids")
             rows.extend({**inputs, "input_ids": ids[start : start + length]} for start in range(0, len(ids), length))
         return rows

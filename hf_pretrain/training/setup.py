@@ -1,5 +1,11 @@
-"""Attach a run's data to a `PretrainingTrainer`: the collator wrapper of the sequence-length curriculum, the
-data-position callbacks (tokens per source, a stream's position) and a stream's resume position.
+"""Attach a run's data to a `PretrainingTrainer`: the global block order of map-style training data, the collator
+wrapper of the sequence-length curriculum, the data-position callbacks (tokens per source, a stream's position) and
+a stream's resume position.
+
+Every training block reaches the collators with its global `block_index` (`hf_pretrain.data.block_order`: a
+stream numbers its blocks, map-style data is wrapped in a `BlockOrderDataset` that the trainer's sampler reads by
+epoch and position, shuffled per epoch or in order). Collator state that changes during training (curriculum
+length, a masking-rate schedule) is a function of that index, so no callback has to reach DataLoader workers.
 
 The Trainer arguments these need (sequential reading of data in training order, `remove_unused_columns`,
 `ignore_data_skip`) are decided once, by `hf_pretrain.resolve`; nothing here changes the arguments.
@@ -9,9 +15,10 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
+import torch
 
 from hf_pretrain.checkpoint_state import stream_position_from_checkpoint
+from hf_pretrain.data.block_order import BlockOrderDataset
 from hf_pretrain.data.curriculum import CurriculumCollator, SequenceLengthCurriculum
 from hf_pretrain.data.training_data import TrainingData, blocks_per_step, total_steps
 from hf_pretrain.training.callbacks.data_position import (
@@ -24,12 +31,10 @@ logger = logging.getLogger(__name__)
 
 
 def build_curriculum(data: TrainingData, data_args, training_args) -> SequenceLengthCurriculum | None:
-    """The sequence-length curriculum of the run (None without one); gives classic data its block order."""
+    """The sequence-length curriculum of the run (None without one). It applies by global block index, so classic
+    data may stay shuffled per epoch by the trainer's sampler."""
     if not data_args.curriculum_lengths:
         return None
-    if not data.ordered:  # classic path: shuffle once, then read in that order so block index = position
-        data.train = data.train.shuffle(seed=training_args.seed).flatten_indices()
-        data.ordered = True
     curriculum = SequenceLengthCurriculum.build(
         data_args.curriculum_lengths,
         data_args.curriculum_ends,
@@ -39,17 +44,18 @@ def build_curriculum(data: TrainingData, data_args, training_args) -> SequenceLe
         total_steps(training_args, data.train),
     )
     logger.info("Sequence-length curriculum (first step, length): %s", curriculum.stages)
-    if data.stream is None and "block_index" not in data.train.column_names:
-        data.train = data.train.add_column("block_index", np.arange(len(data.train), dtype=np.int64))
     return curriculum
 
 
 def attach(trainer, data: TrainingData, curriculum: SequenceLengthCurriculum | None, block_size: int) -> None:
-    """Wrap the trainer's collator for the curriculum and add the data-position callbacks."""
+    """Give map-style training blocks their global index, wrap the trainer's collator for the curriculum and add the
+    data-position callbacks."""
+    train = trainer.train_dataset
+    if not isinstance(train, torch.utils.data.IterableDataset | BlockOrderDataset) and hasattr(train, "__len__"):
+        trainer.train_dataset = BlockOrderDataset(train)  # read by global index: PretrainingTrainer._get_train_sampler
     front = []
     if curriculum is not None:
-        blocks_per_epoch = None if data.stream is not None else len(data.train)
-        trainer.data_collator = CurriculumCollator(trainer.data_collator, curriculum, blocks_per_epoch)
+        trainer.data_collator = CurriculumCollator(trainer.data_collator, curriculum)
         front.append(SequenceLengthCallback(trainer.data_collator))
     if len(data.names) > 1:
         blocks_per_epoch = None if data.stream is not None else len(data.train)

@@ -17,6 +17,7 @@ import math
 import torch
 from transformers import Trainer
 
+from hf_pretrain.modeling_masked_llama import masked_lm_accuracy
 from hf_pretrain.objectives import ObjectivePlan, Phase, select_view
 from hf_pretrain.resolve import run_plan
 from hf_pretrain.schedules import ScheduleStateCallback, WSDSchedule
@@ -73,6 +74,13 @@ class PretrainingTrainer(Trainer):
 
     def _callback(self, cls):
         return next(cb for cb in self.callback_handler.callbacks if isinstance(cb, cls))
+
+    def _get_train_sampler(self, train_dataset=None):
+        # A `BlockOrderDataset` is read by global block index (epoch and position): see data/block_order.py.
+        from hf_pretrain.data.block_order import block_order_sampler
+
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        return block_order_sampler(super()._get_train_sampler(train_dataset), dataset, self.args)
 
     # ---- the run's plan and schedule ----------------------------------------------------------------------------
 
@@ -153,16 +161,12 @@ class PretrainingTrainer(Trainer):
         # The Trainer decides whether a batch has labels before compute_loss runs: select the view first.
         return super().prediction_step(model, self._prepare_objective(inputs), prediction_loss_only, ignore_keys)
 
-    @torch.no_grad()
     def _count_mlm_accuracy(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        targets = labels[labels != -100]  # (M,)
-        predictions = logits.argmax(-1)
-        if predictions.shape != targets.shape:  # dense logits (B, T, V): keep the labelled positions
-            predictions = predictions[labels != -100]
+        correct, total = masked_lm_accuracy(logits, labels)  # sparse (M, V) or dense (B, T, V) logits
         counts = self._mlm_counts[self.model.training]
-        if counts.device != targets.device:
-            counts = self._mlm_counts[self.model.training] = counts.to(targets.device)
-        counts += torch.stack([(predictions == targets).sum(), targets.new_tensor(targets.numel())])
+        if counts.device != correct.device:
+            counts = self._mlm_counts[self.model.training] = counts.to(correct.device)
+        counts += torch.stack([correct, total.to(correct.device)])
 
     # ---- metrics in the logs ---------------------------------------------------------------------------------------
 

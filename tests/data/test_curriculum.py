@@ -43,7 +43,7 @@ def test_a_stage_that_ends_after_the_run_is_an_error():
 
 def test_the_collator_splits_blocks_and_keeps_tokens_per_batch(tokenizer):
     curriculum = SequenceLengthCurriculum.build([4, 8], [2, 4], "steps", 16, blocks_per_step=2, total_steps=10)
-    collator = CurriculumCollator(DataCollatorForCausalLM(tokenizer), curriculum, blocks_per_epoch=20)
+    collator = CurriculumCollator(DataCollatorForCausalLM(tokenizer), curriculum)
     block = list(range(100, 116))
 
     def batch(indices):
@@ -56,8 +56,8 @@ def test_the_collator_splits_blocks_and_keeps_tokens_per_batch(tokenizer):
     assert batch([8, 9])["input_ids"].shape == (2, 16)  # step 4 onwards: whole blocks
     for indices in ([0, 1], [4, 5], [8, 9]):
         assert batch(indices)["attention_mask"].sum() == 32  # the same tokens in every batch
-    collator.set_curriculum_epoch(1)  # second epoch: row 0 is global block 20 (step 10), full length
-    assert batch([0, 1])["input_ids"].shape == (2, 16)
+    assert batch([20, 21])["input_ids"].shape == (2, 16)  # global blocks 20, 21 (step 10): full length
+    assert not hasattr(collator, "set_curriculum_epoch")  # the index carries the epoch: nothing to set
     evaluation = collator([{"input_ids": block, "source_id": 0}])  # no block_index: whole, metadata dropped
     assert evaluation["input_ids"].shape == (1, 16) and set(evaluation) == {"input_ids", "attention_mask", "labels"}
     assert torch.equal(evaluation["labels"], evaluation["input_ids"])

@@ -1,16 +1,15 @@
 """Where training stands in its data: tokens seen per source in the logs, a stream's position in checkpoints,
-and the epoch the sequence-length curriculum needs.
+and the sequence length of the curriculum in the logs.
 
 All three rest on one fact: the Trainer consumes `per_device_train_batch_size · gradient_accumulation_steps ·
-world_size` blocks per optimizer step, in data order (a stream, or prepared data read sequentially). So after
-global step s the first s · that many blocks were trained on, whatever DataLoader workers have prefetched, and the
-mixing schedule, the stream's recorded positions and the curriculum are functions of that block count: nothing
-has to travel with the batches or past the model's forward.
+world_size` blocks per optimizer step, in training order. So after global step s the first s · that many blocks
+were trained on, whatever DataLoader workers have prefetched, and the mixing schedule, the stream's recorded
+positions and the curriculum are functions of that block count. The collators need no callback: every block
+carries its global index (`hf_pretrain.data.block_order`), and its step is that index // blocks per step.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 from transformers import TrainerCallback
@@ -97,21 +96,11 @@ class StreamPositionCallback(TrainerCallback, ExportableState):
 
 
 class SequenceLengthCallback(TrainerCallback):
-    """Tell a `CurriculumCollator` the epoch (before the DataLoader starts), and log `sequence_length`."""
+    """Log `sequence_length`: the curriculum length of the logged steps. A `CurriculumCollator` applies it to each
+    block from the block's own global index; nothing needs setting from here."""
 
     def __init__(self, collator):
         self.collator = collator
-
-    def _set_epoch(self, state):
-        self.collator.set_curriculum_epoch(int(math.floor((state.epoch or 0) + 1e-9)))
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self._set_epoch(state)
-        return control
-
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        self._set_epoch(state)
-        return control
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         curriculum = self.collator.curriculum
