@@ -78,6 +78,11 @@ def _setup_logging(training_args: PretrainingArguments) -> None:
             library.set_verbosity(training_args.get_process_log_level())
 
 
+def describe_resolved_run(model_args, data_args, training_args) -> str:
+    """What `--dry_run` prints: the content resolved_config.yaml would have (no data is read, no model built)."""
+    return resolved_text(model_args, data_args, training_args, resolve_run(model_args, data_args, training_args))
+
+
 def run_pretraining(model_args: ModelArguments, data_args: DataArguments, training_args: PretrainingArguments):
     """Train, save and evaluate; returns the final metrics (train and eval)."""
     _setup_logging(training_args)

@@ -16,13 +16,23 @@ Resume an interrupted run from its newest checkpoint:
     accelerate launch recipes/pretrain.py recipes/configs/quickstart.yaml --resume_from_checkpoint true
 """
 
+import sys
+
 import torch
 
 from hf_pretrain import DataArguments, ModelArguments, PretrainingArguments, parse_config, run_pretraining
+from hf_pretrain.cli import DRY_RUN_FLAG
+from hf_pretrain.pipeline import describe_resolved_run
 
 
 def main(argv=None):
-    model_args, data_args, training_args = parse_config((ModelArguments, DataArguments, PretrainingArguments), argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    dry_run = DRY_RUN_FLAG in argv
+    types = (ModelArguments, DataArguments, PretrainingArguments)
+    model_args, data_args, training_args = parse_config(types, [a for a in argv if a != DRY_RUN_FLAG])
+    if dry_run:  # the resolved run, as resolved_config.yaml would say it; nothing is read, built or written
+        print(describe_resolved_run(model_args, data_args, training_args))
+        return None
     try:
         return run_pretraining(model_args, data_args, training_args)
     finally:

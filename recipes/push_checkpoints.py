@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 import yaml
 
 from hf_pretrain.cli import parse_config
-from hf_pretrain.hub.publisher import DEFAULT_REVISION_TEMPLATE, HubPublisher, PushResult, RetryPolicy, check_revision_template
+from hf_pretrain.hub.publisher import (
+    DEFAULT_REVISION_TEMPLATE,
+    HubPublisher,
+    PushResult,
+    RetryPolicy,
+    check_revision_template,
+)
 from hf_pretrain.hub.run import checkpoint_job, final_job, list_checkpoints
 
 

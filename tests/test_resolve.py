@@ -289,3 +289,11 @@ def test_the_model_card_names_the_data_a_mixed_or_prepared_run_trained_on(corpus
     assert "`a` | 70%" in mixed and "`b` | 30%" in mixed and "pydoc" not in mixed  # before: the built-in corpus
     prepared = _data_section({"prepared_dataset_path": corpus["prepared"], "block_size": 32})
     assert "a (prepared dataset `prepared`) | 70%" in prepared and "pydoc" not in prepared
+
+
+def test_dry_run_prints_the_resolved_run_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    pretrain.main([os.path.join(REPO, "recipes/configs/quickstart.yaml"), "--max_steps", "40", "--output_dir", str(out), "--dry_run"])  # fmt: skip
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["max_steps"] == 40 and printed["resolved_run"]["schedule"]["decay_steps"] > 0
+    assert printed["resolved_run"]["phases"] == [[0, "clm"]] and not out.exists()
