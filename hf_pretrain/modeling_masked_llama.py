@@ -45,7 +45,7 @@ __all__ = [
     "set_bidirectional",
 ]
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # = hf_pretrain.collators.IGNORE_INDEX; this file imports nothing of ours (trust_remote_code)
 
 
 def masked_lm_loss(

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from hf_pretrain.collators import (
+    IGNORE_INDEX,
     DataCollatorForCausalLM,
     DataCollatorForMaskedLM,
     DataCollatorForPrefixLM,
@@ -31,7 +32,6 @@ from hf_pretrain.collators import (
     DataCollatorForUL2,
 )
 
-IGNORE_INDEX = -100
 ATTENTIONS = ("causal", "bidirectional", "prefix", "encoder_decoder")
 DECODER, ENCODER_DECODER = "decoder", "encoder_decoder"
 _KIND_NAMES = {DECODER: "decoder-only", ENCODER_DECODER: "encoder-decoder"}

@@ -52,8 +52,7 @@ def test_no_import_circles():
 
 
 def _subpackage(module: str) -> str:
-    parts = module.split(".")
-    return ".".join(parts[:2]) if len(parts) > 2 else parts[0]
+    return ".".join(module.split(".")[:2])  # hf_pretrain.collators (the package or one of its modules), ...
 
 
 def test_no_private_helper_is_imported_across_packages():

@@ -14,7 +14,8 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from ._features import collate_packed, collate_padded, is_packed
-from ._tensors import check_pad_to_multiple_of
+from ._padding import check_pad_to_multiple_of
+from ._rows import IGNORE_INDEX
 
 
 @dataclass
@@ -67,7 +68,7 @@ class DataCollatorForCausalLM:
         if self.padding_free:
             return collate_packed(features, optional=("labels",))
         return collate_padded(
-            features, self.tokenizer.pad_token_id, self.pad_to_multiple_of, optional={"labels": -100}
+            features, self.tokenizer.pad_token_id, self.pad_to_multiple_of, optional={"labels": IGNORE_INDEX}
         )
 
     def add_labels(self, batch: Mapping) -> dict[str, torch.Tensor | int]:
@@ -79,8 +80,8 @@ class DataCollatorForCausalLM:
         labels = torch.as_tensor(batch["labels"]).clone() if "labels" in batch else input_ids.clone()  # (B, T)
         if is_packed(batch):
             starts = torch.as_tensor(batch["cu_seq_lens_q"])[:-1].long()  # (D,) flat index of each document start
-            labels[0, starts[starts < labels.shape[1]]] = -100
+            labels[0, starts[starts < labels.shape[1]]] = IGNORE_INDEX
         elif "attention_mask" in batch:
-            labels.masked_fill_(torch.as_tensor(batch["attention_mask"]) == 0, -100)
+            labels.masked_fill_(torch.as_tensor(batch["attention_mask"]) == 0, IGNORE_INDEX)
         batch["labels"] = labels
         return batch

@@ -16,7 +16,6 @@ loss leaves such copies out of the negatives.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -24,8 +23,9 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from ._features import pad
-from ._tensors import column, keyed_uniform, sample_keys
+from ._features import column
+from ._keyed import fresh_seed, keyed_uniform, sample_keys
+from ._padding import pad_flat, pad_rows
 from .masked import special_token_table
 
 _VIEW_STREAMS = (0x434E5401, 0x434E5402)  # keyed draws of the first and second view's deletions
@@ -104,25 +104,22 @@ class DataCollatorForContrastive:
     def _pad(self, rows: Sequence) -> tuple[np.ndarray, np.ndarray]:
         if self.max_length is not None:
             rows = [row[: self.max_length] for row in rows]  # a loop over examples, not tokens
-        return pad(rows, self._pad_id, None)
+        return pad_rows(rows, self._pad_id)
 
     def _views(self, ids: np.ndarray, lengths: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """Two views of each row: tokens deleted by keyed draws, the survivors moved left in order."""
-        rows, width = ids.shape
+        width = ids.shape[1]
         real = np.arange(width) < lengths[:, None]  # (B, T)
         if self.drop_probability == 0 or width == 0:
             return [(ids, lengths), (ids.copy(), lengths.copy())]
-        seed = self.seed if self.seed is not None else random.SystemRandom().getrandbits(32)
-        keys = sample_keys(ids, lengths, seed, self.epoch)  # (B,)
+        keys = sample_keys(ids, lengths, fresh_seed(self.seed), self.epoch)  # (B,)
         deletable = real & ~self._special[ids]
         deletable[:, 0] = False  # a view is never empty
         views = []
         for stream in _VIEW_STREAMS:
             kept = real & ~(deletable & (keyed_uniform(keys, width, stream).numpy() < self.drop_probability))
-            view_lengths = kept.sum(1)
-            view = np.full((rows, int(view_lengths.max())), self._pad_id, dtype=ids.dtype)
-            view[np.arange(view.shape[1]) < view_lengths[:, None]] = ids[kept]  # row-major order is kept
-            views.append((view, view_lengths))
+            view_lengths = kept.sum(1)  # (B,)
+            views.append((pad_flat(ids[kept], view_lengths, self._pad_id), view_lengths))  # row-major order is kept
         return views
 
 

@@ -18,7 +18,9 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from ._features import collate_packed, collate_padded, is_packed, packed_lengths, unpack
-from ._tensors import check_pad_to_multiple_of, keyed_randint, keyed_uniform, sample_keys
+from ._keyed import keyed_randint, keyed_uniform, sample_keys
+from ._padding import check_pad_to_multiple_of
+from ._rows import IGNORE_INDEX
 from ._words import word_start_table
 
 # Stream ids of the keyed draws: one per purpose, so the selection, the 80/10/10 split and the replacement token
@@ -318,7 +320,7 @@ class DataCollatorForMaskedLM:
         """The masking proper on right-padded rows (B, T); draw [b, j] is keyed by (sample b, stream, j) only."""
         rows, width = ids.shape
         if rows == 0 or width == 0:
-            return ids.copy(), np.full_like(ids, -100)
+            return ids.copy(), np.full_like(ids, IGNORE_INDEX)
         keys = self._keys(ids, key_lengths)
         probability = self.mlm_probability if rates is None else rates  # read once; else one rate per row (B,)
         threshold = np.float32(probability) if rates is None else rates.astype(np.float32)[:, None]

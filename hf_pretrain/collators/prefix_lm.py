@@ -20,27 +20,26 @@ Encoder-decoder models get the prefix as `input_ids` and the rest as `labels`.
 from __future__ import annotations
 
 import functools
-import random
-import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from itertools import chain
 
 import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from hf_pretrain.collators._tensors import (
-    check_pad_to_multiple_of,
-    column,
-    flatten_rows,
-    keyed_bits,
-    lengths_of,
-    padded_length,
-    sample_keys,
+from ._features import column
+from ._keyed import fresh_seed, sample_keys
+from ._padding import check_pad_to_multiple_of
+from ._rows import (
+    IGNORE_INDEX,
+    assemble_rows,
+    check_fraction_range,
+    draw_split_points,
+    input_id_rows,
+    shift_right,
+    tokenizer_id,
 )
 
-IGNORE_INDEX = -100
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 STREAM_PREFIX_SPLIT = 3  # keyed-randomness stream of the split point (span corruption uses 1 and 2)
 
@@ -94,143 +93,6 @@ def prefix_lm_attention_mask(
     table = _staircase(width, attn_implementation == "eager")  # (T + 1, T)
     mask = np.take(table, limit.ravel(), axis=0)  # (B * T, T)
     return torch.from_numpy(mask).view(len(lengths), 1, width, width)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Row assembly shared with span corruption and UL2
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _flatten_int32(rows: Sequence) -> tuple[np.ndarray, np.ndarray]:
-    """Rows → (flat int32 (N,), lengths (B,)). Python-list rows go through `struct.pack`, which reads a list of
-    ints ~30% faster than `np.fromiter` iterates it (0.5 vs 0.7 ms for 64 x 568 on one core)."""
-    if isinstance(rows[0], list | tuple):
-        lengths = lengths_of(rows)
-        try:
-            packed = struct.pack(f"{int(lengths.sum())}i", *chain.from_iterable(rows))
-        except struct.error:
-            pass  # not all ints, or an id beyond int32: the generic path converts or reports it
-        else:
-            return np.frombuffer(bytearray(packed), dtype=np.intc), lengths  # bytearray: a writable array
-    return flatten_rows(rows, dtype=np.int32)
-
-
-def rows_of(
-    features: Sequence[Mapping], pad_value: int, pad_to_multiple_of: int | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`input_ids` of the features as (flat (N,), padded (B, T)) int32 and lengths (B,) int64.
-
-    The collators below work in flat space, so rows are flattened (~2x faster than np.array on a list of
-    equal-length lists, see `_flatten_int32`) and the padded view is free for equal lengths. int32 halves the
-    memory traffic of every pass over the tokens; outputs are int64 (`assemble_rows`).
-    """
-    flat, lengths = _flatten_int32(column(features, "input_ids"))
-    width = padded_length(int(lengths.max()), pad_to_multiple_of)
-    if lengths.min() == width:
-        return flat, flat.reshape(len(lengths), width), lengths
-    padded = np.full((len(lengths), width), pad_value, dtype=np.int32)
-    padded[np.arange(width)[None, :] < lengths[:, None]] = flat
-    return flat, padded, lengths
-
-
-def assemble_rows(
-    pieces: Sequence[tuple[np.ndarray | int, np.ndarray]],
-    pad_value: int,
-    width: int | None = None,
-    pad_to_multiple_of: int | None = None,
-    rows: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenate per-row pieces into a right-padded (B, W) int64 array; also return the row lengths (B,).
-
-    Each piece is (values, lengths): `values` holds every row's part back to back (row-major, flat) or is one
-    scalar that fills the part; `lengths` (B,) says how long each row's part is (0 is allowed). Piece row r lands
-    in output row `rows[r]` (default r), so groups processed in another order need no permutation afterwards.
-
-    >>> out, n = assemble_rows([(np.array([1, 2, 3]), np.array([2, 1])), (9, np.array([1, 1]))], pad_value=0)
-    >>> out.tolist(), n.tolist()
-    ([[1, 2, 9], [3, 9, 0]], [3, 2])
-    """
-    batch = len(pieces[0][1])
-    totals = np.zeros(batch, dtype=np.int64)
-    for _, lengths in pieces:
-        totals = totals + lengths
-    needed = int(totals.max())
-    width = padded_length(needed, pad_to_multiple_of) if width is None else width
-    if needed > width:
-        raise ValueError(f"Rows of length {needed} do not fit the promised width {width}.")
-    uniform = all(lengths.min() == lengths.max() for _, lengths in pieces)
-    if uniform and needed == width and rows is None:
-        # Fast path (fixed-length data): every row has the same layout, so the pieces are blocks of columns.
-        blocks = [
-            np.full((batch, int(n[0])), v, dtype=np.int64) if np.isscalar(v) else v.reshape(batch, int(n[0]))
-            for v, n in pieces
-        ]
-        return np.concatenate(blocks, axis=1, dtype=np.int64), totals
-    rows = np.arange(batch) if rows is None else rows
-    out = np.full((batch, width), pad_value, dtype=np.int64)
-    flat_out = out.reshape(-1)
-    start = rows * width  # (B,) flat index in `out` where each piece row's next part begins
-    for values, lengths in pieces:
-        scalar = np.isscalar(values)
-        if scalar and values == pad_value:
-            pass  # already there
-        elif lengths.max() <= 1:  # one token per row at most (EOS, a mode token): index the rows directly
-            flat_out[start[lengths == 1]] = values
-        else:
-            # Destination of every element: its row's start plus its rank within the row's part. One repeat over
-            # the part's elements instead of boolean masks over the whole (B, W) array per piece.
-            offsets = np.cumsum(lengths) - lengths  # (B,) where each row's part begins in `values`
-            dest = np.repeat(start - offsets, lengths)
-            dest += np.arange(len(dest))
-            flat_out[dest] = values
-        start = start + lengths
-    totals_out = np.empty_like(totals)
-    totals_out[rows] = totals
-    return out, totals_out
-
-
-def shift_right(labels: np.ndarray, start_token_id: int, pad_token_id: int) -> np.ndarray:
-    """Decoder inputs from labels (B, T): shifted right behind the start token, ignored positions → pad."""
-    shifted = np.empty_like(labels)
-    shifted[:, 0] = start_token_id
-    shifted[:, 1:] = labels[:, :-1]
-    shifted[shifted == IGNORE_INDEX] = pad_token_id
-    return shifted
-
-
-def fresh_seed(seed: int | None) -> int:
-    """`seed`, or a fresh one from the OS when None (the keyed draws then differ call to call)."""
-    return random.SystemRandom().getrandbits(32) if seed is None else seed
-
-
-def keyed_fraction(keys: np.ndarray, stream: int) -> np.ndarray:
-    """One uniform float64 in [0, 1) per key (B,), 24-bit resolution."""
-    return (keyed_bits(keys, 1, stream)[:, 0] >> np.uint32(8)) * (1.0 / (1 << 24))
-
-
-def draw_split_points(
-    keys: np.ndarray, lengths: np.ndarray, fraction_range: tuple[float, float], stream: int
-) -> np.ndarray:
-    """Prefix lengths (B,): floor(length * uniform(fraction_range)), clipped so both parts keep a token."""
-    low, high = fraction_range
-    fraction = low + keyed_fraction(keys, stream) * (high - low)  # (B,)
-    return np.clip(np.floor(lengths * fraction).astype(np.int64), 1, lengths - 1)
-
-
-def check_fraction_range(fraction_range: tuple[float, float], name: str = "prefix_fraction_range") -> None:
-    if len(fraction_range) != 2 or not 0.0 <= fraction_range[0] <= fraction_range[1] <= 1.0:
-        raise ValueError(f"{name} must be (low, high) with 0 <= low <= high <= 1, got {fraction_range!r}.")
-
-
-def tokenizer_id(tokenizer: PreTrainedTokenizerBase, attribute: str, objective: str) -> int:
-    """`tokenizer.<attribute>` (e.g. 'pad_token_id'), or a ValueError naming it."""
-    value = getattr(tokenizer, attribute, None)
-    if value is None:
-        raise ValueError(
-            f"tokenizer has no {attribute.removesuffix('_id')}, which {objective} needs; add one "
-            "(tokenizer.add_special_tokens(...), then model.resize_token_embeddings(len(tokenizer)))."
-        )
-    return int(value)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -288,7 +150,7 @@ class DataCollatorForPrefixLM:
         self.epoch = epoch
 
     def __call__(self, features: Sequence[Mapping]) -> dict[str, torch.Tensor]:
-        _, ids, lengths = rows_of(features, self.pad_token_id, self.pad_to_multiple_of)  # (N,), (B, T), (B,)
+        _, ids, lengths = input_id_rows(features, self.pad_token_id, self.pad_to_multiple_of)  # (N,), (B, T), (B,)
         if lengths.min() < 2:
             raise ValueError("Prefix LM needs sequences of at least 2 tokens (a prefix and something to predict).")
         given = column(features, self.prefix_length_key, required=False)

@@ -13,7 +13,7 @@ gaps, non-noise and noise segments interleaved starting with non-noise (so a row
 whole batch is done at once in flat (row-major, unpadded) index space: the k - 1 cuts of every row come from one
 `np.partition` over keyed random uint32 keys (B, n - 1), span lengths from one diff, the noise flags of every token
 from one `np.repeat` of the span lengths, and inputs/labels from one boolean compaction each. No Python loop runs
-per example or per span, and the random draws are keyed by each sample's tokens (see `_tensors`), so a sample gets
+per example or per span, and the random draws are keyed by each sample's tokens (see `_keyed`), so a sample gets
 the same corruption in any batch.
 
 `compute_span_corruption_lengths` gives the raw length to tokenize so the inputs come out exactly `inputs_length`
@@ -29,18 +29,12 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from hf_pretrain.collators._tensors import check_pad_to_multiple_of, keyed_bits, sample_keys
-from hf_pretrain.collators.prefix_lm import (
-    IGNORE_INDEX,
-    assemble_rows,
-    check_attn_implementation,
-    fresh_seed,
-    prefix_lm_attention_mask,
-    rows_of,
-    shift_right,
-    tokenizer_id,
-)
 from hf_pretrain.data.tokenizer import sentinel_token
+
+from ._keyed import fresh_seed, keyed_bits, sample_keys
+from ._padding import check_pad_to_multiple_of
+from ._rows import IGNORE_INDEX, assemble_rows, input_id_rows, shift_right, tokenizer_id
+from .prefix_lm import check_attn_implementation, prefix_lm_attention_mask
 
 STREAM_NONNOISE = 1  # keyed-randomness streams: cuts of the non-noise segments, cuts of the noise segments
 STREAM_NOISE = 2
@@ -312,7 +306,7 @@ class DataCollatorForSpanCorruption:
         self.epoch = epoch
 
     def __call__(self, features: Sequence[Mapping]) -> dict[str, torch.Tensor]:
-        flat, ids, lengths = rows_of(features, self.pad_token_id)  # (N,), (B, T), (B,)
+        flat, ids, lengths = input_id_rows(features, self.pad_token_id)  # (N,), (B, T), (B,)
         if lengths.min() < 2:
             raise ValueError("Span corruption needs sequences of at least 2 tokens (one noise, one kept).")
         if self.raw_length is not None and lengths.max() > self.raw_length:

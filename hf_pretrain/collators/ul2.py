@@ -25,26 +25,19 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from hf_pretrain.collators._tensors import check_pad_to_multiple_of, sample_keys
-from hf_pretrain.collators.prefix_lm import (
+from ._keyed import fresh_seed, keyed_fraction, sample_keys
+from ._padding import check_pad_to_multiple_of
+from ._rows import (
     IGNORE_INDEX,
     assemble_rows,
-    check_attn_implementation,
     check_fraction_range,
     draw_split_points,
-    fresh_seed,
-    keyed_fraction,
-    prefix_lm_attention_mask,
-    rows_of,
+    input_id_rows,
     shift_right,
     tokenizer_id,
 )
-from hf_pretrain.collators.span_corruption import (
-    check_span_parameters,
-    missing_sentinels_error,
-    sentinel_ids,
-    span_corrupt_flat,
-)
+from .prefix_lm import check_attn_implementation, prefix_lm_attention_mask
+from .span_corruption import check_span_parameters, missing_sentinels_error, sentinel_ids, span_corrupt_flat
 
 DENOISER_KINDS = ("span", "prefix")
 STREAM_DENOISER = 5  # keyed stream of the denoiser choice
@@ -156,7 +149,7 @@ class DataCollatorForUL2:
         self.epoch = epoch
 
     def __call__(self, features: Sequence[Mapping]) -> dict[str, torch.Tensor]:
-        _, ids, lengths = rows_of(features, self.pad_token_id)  # (N,), (B, T), (B,)
+        _, ids, lengths = input_id_rows(features, self.pad_token_id)  # (N,), (B, T), (B,)
         if lengths.min() < 2:
             raise ValueError("UL2 needs sequences of at least 2 tokens.")
         keys = sample_keys(ids, lengths, fresh_seed(self.seed), self.epoch)  # (B,) uint32

@@ -18,11 +18,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from hf_pretrain.collators._tensors import pad_rows
+from hf_pretrain.collators import IGNORE_INDEX, pad_rows
 from hf_pretrain.evaluation.metrics import accuracy, f1_score, ndcg_at_k, squad_exact_match, squad_f1
 from hf_pretrain.evaluation.tasks import Task
 
-IGNORE_INDEX = -100
 MAX_ANSWER_TOKENS = 30
 
 
@@ -95,11 +94,12 @@ def _qa_feature(tokenizer, row: dict, max_length: int) -> dict:
 
 def collate(features: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded `input_ids`, `attention_mask` and the labels of sc (`labels`), tc (`labels`, -100 padded) or qa."""
-    input_ids, lengths = pad_rows([f["input_ids"] for f in features], pad_id)
+    input_ids, lengths = map(torch.from_numpy, pad_rows([f["input_ids"] for f in features], pad_id))  # (B, T), (B,)
     batch = {"input_ids": input_ids, "attention_mask": (torch.arange(input_ids.shape[1]) < lengths[:, None]).long()}
     if "labels" in features[0]:
         labels = [f["labels"] for f in features]
-        batch["labels"] = pad_rows(labels, IGNORE_INDEX)[0] if isinstance(labels[0], list) else torch.tensor(labels)
+        per_token = isinstance(labels[0], list)
+        batch["labels"] = torch.from_numpy(pad_rows(labels, IGNORE_INDEX)[0]) if per_token else torch.tensor(labels)
     if "start_positions" in features[0]:
         batch["start_positions"] = torch.tensor([f["start_positions"] for f in features])
         batch["end_positions"] = torch.tensor([f["end_positions"] for f in features])

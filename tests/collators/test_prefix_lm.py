@@ -8,7 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hf_pretrain.collators.prefix_lm import DataCollatorForPrefixLM, assemble_rows, prefix_lm_attention_mask
+from hf_pretrain.collators._rows import assemble_rows
+from hf_pretrain.collators.prefix_lm import DataCollatorForPrefixLM, prefix_lm_attention_mask
 
 MIN = torch.finfo(torch.float32).min
 

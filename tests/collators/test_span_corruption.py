@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hf_pretrain.collators._tensors import sample_keys
+from hf_pretrain.collators._keyed import sample_keys
 from hf_pretrain.collators.span_corruption import (
     DataCollatorForSpanCorruption,
     add_sentinel_tokens,
@@ -152,19 +152,21 @@ def test_compute_lengths_matches_t5():
 @pytest.mark.parametrize("noise_density", [0.05, 0.15, 0.3, 0.5, 0.8])
 @pytest.mark.parametrize("mean_noise_span_length", [1.0, 3.0, 8.0, 32.0])
 def test_every_batch_has_the_promised_shape(tokenizer, noise_density, mean_noise_span_length):
-    for inputs_length in (4, 9, 33, 128, 200):
-        try:
-            raw, targets = compute_span_corruption_lengths(inputs_length, noise_density, mean_noise_span_length)
-        except ValueError:
-            assert inputs_length < 4  # 2 raw tokens corrupt to 3 inputs
-            continue
+    with pytest.raises(ValueError, match="too short: even 2 raw tokens corrupt to 3"):
+        compute_span_corruption_lengths(2, noise_density, mean_noise_span_length)  # inputs, sentinel, EOS
+    sentinels = set(sentinel_ids(tokenizer).tolist())
+    for inputs_length in (3, 4, 9, 33, 128, 200):
+        raw, targets = compute_span_corruption_lengths(inputs_length, noise_density, mean_noise_span_length)
         assert corrupted_lengths(np.array([raw]), noise_density, mean_noise_span_length)[1][0] == targets
         assert corrupted_lengths(np.array([raw + 1]), noise_density, mean_noise_span_length)[0][0] > inputs_length
         collator = DataCollatorForSpanCorruption(
             tokenizer, noise_density, mean_noise_span_length, inputs_length=inputs_length
         )
-        batch = collator([{"input_ids": r} for r in random_rows(3, raw, seed=inputs_length)])
+        rows = random_rows(3, raw, seed=inputs_length)
+        batch = collator([{"input_ids": r} for r in rows])
         assert batch["input_ids"].shape == (3, inputs_length) and batch["labels"].shape == (3, targets)
+        for row, inputs, labels in zip(rows, batch["input_ids"].tolist(), batch["labels"].tolist()):
+            assert reinsert(inputs, labels, sentinels, tokenizer.eos_token_id, tokenizer.pad_token_id) == row
         short = collator([{"input_ids": r} for r in random_rows(2, [raw, max(2, raw // 2)])])
         assert short["input_ids"].shape == (2, inputs_length) and short["labels"].shape == (2, targets)
         decoder_only = DataCollatorForSpanCorruption(
