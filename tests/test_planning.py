@@ -2,7 +2,7 @@
 
 import pytest
 
-from hf_pretrain import plan
+from hf_pretrain.planning import __main__ as plan  # python -m hf_pretrain.planning
 from hf_pretrain.planning import (
     PlanArguments,
     chinchilla_tokens,
