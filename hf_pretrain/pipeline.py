@@ -14,6 +14,7 @@ import logging
 
 import datasets
 import transformers
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 from hf_pretrain.arguments import DataArguments, ModelArguments, PretrainingArguments
 from hf_pretrain.data.build import build_data
@@ -62,8 +63,10 @@ def prepare_model(model_args: ModelArguments, tokenizer, run: ResolvedRun):
         )
     first = run.plan.at(0).attention if run.plan is not None else run.spec.phases[0].attention
     set_direction(model, first)  # e.g. a masked checkpoint continued with CLM becomes causal again
-    # Measured, not assumed; the trainer probes again at its first step and after every switch.
-    logger.info("Attention probe (%s): %s", first, probe_attention(model, first, run.attn_implementation))
+    # Measured, not assumed; the trainer probes again at its first step and after every switch. Under ZeRO-3 the
+    # weights are partitioned until DeepSpeed's engine wraps the model: only the trainer's probe can run then.
+    if not is_deepspeed_zero3_enabled():
+        logger.info("Attention probe (%s): %s", first, probe_attention(model, first, run.attn_implementation))
     if model_args.lora_rank:
         model = add_lora(model, model_args.lora_rank, model_args.lora_alpha)
     return model

@@ -91,17 +91,23 @@ class PretrainingTrainer(Trainer):
             self.lr_scheduler, self._owns_scheduler = None, False
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
+    def _check_resolved_length(self, num_training_steps: int) -> None:
+        """A probe of the resolve step: the Trainer's own step count is the one the schedule was resolved for (a
+        resumed run keeps its checkpoint's schedule even when max_steps grew; later steps stay at min_lr_ratio)."""
+        if self.schedule is not None and self._resume_from is None and self.schedule.total_steps != num_training_steps:
+            raise RuntimeError(
+                f"The resolved schedule covers {self.schedule.total_steps} steps but the Trainer plans "
+                f"{num_training_steps}: the run's length changed after it was resolved."
+            )
+
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if not self._resolved:
             self.plan, schedule = run_plan(self.args, num_training_steps, self._resume_from)
             self.schedule = self.schedule or schedule
             self._callback(ObjectiveSwitchCallback).phases = self.plan.to_dict()["phases"]
             self._callback(ScheduleStateCallback).schedule = self.schedule
-        elif self.schedule is not None and self.schedule.total_steps != num_training_steps:
-            raise RuntimeError(
-                f"The resolved schedule covers {self.schedule.total_steps} steps but the Trainer plans "
-                f"{num_training_steps}: the run's length changed after it was resolved."
-            )
+        else:
+            self._check_resolved_length(num_training_steps)
         if self.schedule is None or self.lr_scheduler is not None:
             return super().create_scheduler(num_training_steps, optimizer)
         # Not super(): transformers' create_scheduler reads warmup and the WSD phases from self.args, and a resolved
