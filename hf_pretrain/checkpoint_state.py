@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 from transformers.trainer import TRAINER_STATE_NAME
 
@@ -82,3 +83,9 @@ def training_progress(checkpoint_dir: str | os.PathLike) -> tuple[int | None, in
     if not state:
         return None, None
     return state.get("global_step"), state.get("num_input_tokens_seen")
+
+
+def checkpoint_step(path: str) -> int:
+    """The step in a `checkpoint-N` folder's name, or -1 for any other folder."""
+    match = re.search(r"checkpoint-(\d+)$", os.path.normpath(path))
+    return int(match.group(1)) if match else -1

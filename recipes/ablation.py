@@ -9,6 +9,8 @@ A two-model smoke grid on the built-in corpus (a minute or two):
     python recipes/ablation.py --grid clm mlm --max_steps 20 --block_size 32 --max_characters 60000 \
         --task_sizes 48 24 24 --learning_rates 1e-3 --seeds 0 1 --early_fraction 0.5 --output_dir outputs/ablation_smoke
 
+Every model shares the optimizer settings --weight_decay (0.1), --adam_beta2 (0.95) and --max_grad_norm (1.0).
+
 Writes results.md and results.csv (one row per model: intrinsic metrics, each task's mean ± 95% CI, stability),
 ablation.png (task scores with intervals), intrinsic.png (held-out metrics against tokens seen), the raw tables
 and every run under output_dir/runs/. Finished runs are reused when run again into the same output_dir.

@@ -22,6 +22,12 @@ logger = logging.getLogger(__name__)
 TASK_COLUMNS = {"sc": "SC acc", "tc": "TC F1", "qa": "QA F1", "ir": "IR NDCG@10"}
 
 
+def _nanmean(values: list[float]) -> float:
+    """The mean of the defined values; NaN (without numpy's empty-slice warning) when none is, e.g. one seed."""
+    defined = [v for v in values if v is not None and not np.isnan(v)]
+    return float(np.mean(defined)) if defined else float("nan")
+
+
 def _comparisons(summary: list[dict], entries: list[GridEntry], args: AblationArguments) -> list[dict]:
     """The study's claims as differences of task means (A - B) with whether the two 95% intervals overlap."""
     labels = {e.kind + (f":{e.value:g}" if e.value is not None else ""): e.label for e in entries}
@@ -80,8 +86,8 @@ def write_results(
         for cell in cells:
             row.update({f"{cell['task']}_{k}": cell[k] for k in ("mean", "ci_low", "ci_high", "best_learning_rate")})
         row["task_mean"] = float(np.mean([c["mean"] for c in cells]))
-        row["seed_std"] = float(np.nanmean([c["test_std"] for c in cells]))
-        row["lr_sensitivity"] = float(np.nanmean([c["lr_sensitivity"] for c in cells]))
+        row["seed_std"] = _nanmean([c["test_std"] for c in cells])
+        row["lr_sensitivity"] = _nanmean([c["lr_sensitivity"] for c in cells])
         rows.append(row)
     paths += write_rows(rows, os.path.join(out, "results"))[:1]
     formats = {

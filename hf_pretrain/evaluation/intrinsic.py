@@ -4,12 +4,26 @@ What a checkpoint is scored on follows how it was trained (`is_masked_lm`): a ca
 loss, perplexity and bits per byte; a masked one (MLM, or CLM→MLM after the switch) the masked-LM loss and accuracy
 at `mlm_probability`. A bidirectional model has no next-token distribution, and a causal one no masked-token one.
 
-- CLM: the held-out documents become one token stream (EOS after each document, and one EOS before the first, as
-  the context of the first token), cut into windows of `block_size` + 1 tokens that overlap by one, so every token
-  is predicted exactly once. Bits per byte divide the total loss by the UTF-8 bytes of those documents plus one per
-  document for its EOS (the separator stands for a newline): a number that does not depend on the tokenizer.
-- MLM: the same stream in blocks of `block_size`, masked by `DataCollatorForMaskedLM` with a fixed seed. Masks are
-  keyed by the tokens, so every checkpoint that shares a tokenizer is scored on the same masked positions.
+What is scored, and how:
+
+- A run's own held-out text (no data given): its `resolved_config.yaml` is read back (`load_run_arguments`) and the
+  evaluation blocks it built are rebuilt by the same code as in training (`held_out_blocks`: classic documents,
+  `data_sources` mixtures, `prepared_dataset_path`, streamed runs with `validation_files`), with the run's seed,
+  block size and tokenizer. Each block is scored on its own, as the Trainer's evaluation does: CLM predicts token t
+  from the tokens before it inside the block (block_size - 1 predictions a block), the loss is the mean over the
+  predicted tokens, so `clm_loss` is the run's own final `eval_loss` of a CLM run. Bits per byte divide the total
+  loss by the UTF-8 bytes of the predicted tokens, counted token by token (`token_byte_lengths`: a byte-level BPE
+  token is exactly its bytes, a special token such as the EOS separator counts one byte, standing for a newline):
+  the bytes `tokenizer.decode` gives, without its U+FFFD where a block cuts a multi-byte character.
+- Held-out documents given on the command line (`data_files`, `dataset_name` or `validation_files`): one token
+  stream (EOS after each document, and one EOS before the first, as the context of the first token), cut into
+  windows of `block_size` + 1 tokens that overlap by one, so every token is predicted exactly once. Bits per byte
+  divide the total loss by the UTF-8 bytes of those documents plus one per document for its EOS. The block size is
+  `IntrinsicArguments.block_size` when given, else the run's (when the checkpoint belongs to a run), else
+  `DataArguments.block_size`. (Mixed or prepared data given on the command line is scored as blocks, as above.)
+- MLM: the same blocks (or the stream cut into blocks of `block_size`), masked by `DataCollatorForMaskedLM` with a
+  fixed seed. Masks are keyed by the tokens, so every checkpoint that shares a tokenizer is scored on the same
+  masked positions.
 
 Checkpoints: a checkpoint folder, a run folder (each `checkpoint-*` in step order, then the final model), or a Hub
 id with a list of revisions. Tokens seen come from each checkpoint's `trainer_state.json`.
@@ -17,38 +31,45 @@ id with a list of revisions. Tokens seen come from each checkpoint's `trainer_st
 
 from __future__ import annotations
 
-import dataclasses
 import glob
-import json
 import logging
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
 from hf_pretrain.arguments import DataArguments
-from hf_pretrain.collators import DataCollatorForMaskedLM
-from hf_pretrain.data.sources import load_documents
+from hf_pretrain.checkpoint_state import checkpoint_step, training_progress
+from hf_pretrain.collators import IGNORE_INDEX, DataCollatorForMaskedLM
 from hf_pretrain.data.tokenizer import load_tokenizer
 from hf_pretrain.evaluation.encoders import is_masked_lm, quiet_loading
+from hf_pretrain.evaluation.heldout import (
+    HeldOut,
+    data_given,
+    given_held_out,
+    held_out_documents,
+    run_arguments,
+    run_held_out,
+    token_byte_lengths,
+    token_stream,
+    tokenizer_for,
+)
 from hf_pretrain.evaluation.metrics import bits_per_byte, perplexity
 from hf_pretrain.evaluation.reporting import plot_curves, write_rows
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 METRICS = ("perplexity", "bits_per_byte", "clm_loss", "mlm_loss", "mlm_accuracy")
 
 
 @dataclass
 class IntrinsicArguments:
     """Which checkpoints to score, and how. The held-out text comes from `DataArguments` (the recipe's second
-    dataclass), or from the run's own `resolved_config.yaml` when no data is given."""
+    dataclass, `EvaluationDataArguments`), or from the run's own `resolved_config.yaml` when no data is given."""
 
     model_name_or_path: list[str] = field(
         default_factory=list,
@@ -60,13 +81,22 @@ class IntrinsicArguments:
     tokenizer_name_or_path: str | None = field(
         default=None, metadata={"help": "Tokenizer for every checkpoint. Unset: each checkpoint's own (or its run's)."}
     )
+    block_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Tokens per window of held-out documents given as data. Unset: the run's block size (from its "
+            "resolved_config.yaml), else 512. A run's own held-out blocks are always scored at the run's block size."
+        },
+    )
     mlm_probability: float = field(default=0.3, metadata={"help": "Masking rate of the MLM evaluation."})
     batch_size: int = field(default=16, metadata={"help": "Windows per forward pass."})
     max_eval_tokens: int | None = field(
-        default=None, metadata={"help": "Score whole held-out documents until about this many tokens."}
+        default=None,
+        metadata={"help": "Score whole held-out documents (a run's own: whole blocks) until about this many tokens."},
     )
     seed: int = field(
-        default=0, metadata={"help": "Seed of the held-out split (as in pretraining) and of the MLM masks."}
+        default=0,
+        metadata={"help": "Seed of the MLM masks and of the split of data given (a run's own split: the run's seed)."},
     )
     output_dir: str = field(default="outputs/evaluate", metadata={"help": "Where intrinsic.csv/.json/.png go."})
 
@@ -75,6 +105,8 @@ class IntrinsicArguments:
             raise ValueError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}.")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {self.batch_size}.")
+        if self.block_size is not None and self.block_size < 2:
+            raise ValueError(f"block_size must be at least 2, got {self.block_size}.")
         if self.max_eval_tokens is not None and self.max_eval_tokens < 1:
             raise ValueError(f"max_eval_tokens must be positive, got {self.max_eval_tokens}.")
         if not self.model_name_or_path:
@@ -83,9 +115,12 @@ class IntrinsicArguments:
             raise ValueError("revisions apply to a single Hub id: give exactly one model_name_or_path.")
 
 
-def _step_of(path: str) -> int:
-    match = re.search(r"checkpoint-(\d+)$", path.rstrip("/"))
-    return int(match.group(1)) if match else -1
+@dataclass
+class EvaluationDataArguments(DataArguments):
+    """`DataArguments` for evaluation: the block size is `IntrinsicArguments.block_size` (so that the recipe can tell
+    a block size given on the command line from the default, which becomes the run's), not a field of its own."""
+
+    block_size: int = field(default=512, init=False, metadata={"help": "Set by IntrinsicArguments.block_size."})
 
 
 def find_checkpoints(path: str) -> list[str]:
@@ -93,48 +128,14 @@ def find_checkpoints(path: str) -> list[str]:
     checkpoint folder alone; a Hub id as is."""
     if not os.path.isdir(path):
         return [path]
-    checkpoints = sorted(glob.glob(os.path.join(path, "checkpoint-*")), key=_step_of)
+    checkpoints = sorted(glob.glob(os.path.join(path, "checkpoint-*")), key=checkpoint_step)
     if os.path.isfile(os.path.join(path, "config.json")):
         final_step = training_progress(path)[0]
         # The last checkpoint usually holds the final weights too: score them once, as the final model.
-        checkpoints = [c for c in checkpoints if _step_of(c) != final_step] + [path]
+        checkpoints = [c for c in checkpoints if checkpoint_step(c) != final_step] + [path]
     if not checkpoints:
         raise ValueError(f"model_name_or_path: {path!r} holds neither a model (config.json) nor checkpoint-* folders.")
     return checkpoints
-
-
-def training_progress(path: str) -> tuple[int | None, int | None]:
-    """(global step, tokens seen) from a local checkpoint's trainer_state.json, or (None, None)."""
-    state_file = os.path.join(path, "trainer_state.json")
-    if not os.path.isfile(state_file):
-        return None, None
-    with open(state_file) as handle:
-        state = json.load(handle)
-    return state.get("global_step"), state.get("num_input_tokens_seen")
-
-
-def run_data_arguments(path: str) -> dict | None:
-    """The data settings and seed a run was trained with (its resolved_config.yaml), to score its own held-out split."""
-    for folder in (path, os.path.dirname(path.rstrip("/"))):
-        config_file = os.path.join(folder, "resolved_config.yaml")
-        if os.path.isfile(config_file):
-            with open(config_file) as handle:
-                return yaml.safe_load(handle)
-    return None
-
-
-def token_stream(documents: Sequence[str], tokenizer, max_tokens: int | None = None) -> tuple[list[int], int, int]:
-    """(stream, number of documents, bytes): EOS, then each document's tokens and an EOS, whole documents only."""
-    eos = tokenizer.eos_token_id
-    stream, used, num_bytes = [eos], 0, 0
-    encoded = tokenizer(list(documents), add_special_tokens=False, verbose=False)["input_ids"]
-    for text, ids in zip(documents, encoded):
-        if max_tokens is not None and used and len(stream) + len(ids) > max_tokens:
-            break
-        stream += [*ids, eos]
-        used += 1
-        num_bytes += len(text.encode("utf-8")) + 1  # + the separator
-    return stream, used, num_bytes
 
 
 def _batches(rows: list[list[int]], batch_size: int, pad_id: int):
@@ -165,15 +166,29 @@ def score_causal(model, stream: list[int], block_size: int, batch_size: int, pad
 
 
 @torch.no_grad()
-def score_masked(
-    model, stream: list[int], tokenizer, block_size: int, batch_size: int, mlm_probability: float, seed: int
+def score_causal_blocks(model, blocks: Sequence[Sequence[int]], batch_size: int, pad_id: int) -> tuple[float, int]:
+    """(summed NLL in nats, tokens predicted) of blocks scored each on its own, as the Trainer's evaluation does:
+    token t of a block is predicted from tokens < t of the same block (the first token of a block is context only)."""
+    total, count = 0.0, 0
+    device = getattr(model, "device", "cpu")
+    for ids, mask in _batches([list(block) for block in blocks], batch_size, pad_id):
+        ids, mask = ids.to(device), mask.to(device)
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]  # (B, T - 1, V)
+        labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, IGNORE_INDEX)
+        total += F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction="sum").item()
+        count += int((labels != IGNORE_INDEX).sum())
+    return total, count
+
+
+@torch.no_grad()
+def score_masked_blocks(
+    model, blocks: Sequence[Sequence[int]], tokenizer, batch_size: int, mlm_probability: float, seed: int
 ) -> tuple[float, int, int]:
-    """(summed NLL, masked tokens, correctly predicted masked tokens) over blocks of `stream`."""
+    """(summed NLL, masked tokens, correctly predicted masked tokens) over `blocks`, masked with keyed masks."""
     masker = DataCollatorForMaskedLM(tokenizer, mlm_probability=mlm_probability, seed=seed)
-    blocks = [stream[i : i + block_size] for i in range(0, len(stream), block_size)]
     total, count, correct = 0.0, 0, 0
     for start in range(0, len(blocks), batch_size):
-        batch = masker([{"input_ids": block} for block in blocks[start : start + batch_size]])
+        batch = masker([{"input_ids": list(block)} for block in blocks[start : start + batch_size]])
         batch = {key: value.to(getattr(model, "device", "cpu")) for key, value in batch.items()}
         labels = batch.pop("labels")
         logits = model(**batch).logits  # (B, T, V): no labels given, so dense
@@ -185,6 +200,63 @@ def score_masked(
     return total, count, correct
 
 
+def score_masked(
+    model, stream: list[int], tokenizer, block_size: int, batch_size: int, mlm_probability: float, seed: int
+) -> tuple[float, int, int]:
+    """(summed NLL, masked tokens, correctly predicted masked tokens) over blocks of `stream`."""
+    blocks = [stream[i : i + block_size] for i in range(0, len(stream), block_size)]
+    return score_masked_blocks(model, blocks, tokenizer, batch_size, mlm_probability, seed)
+
+
+def _model_and_progress(path: str, revision: str | None):
+    config = AutoConfig.from_pretrained(path, revision=revision)
+    masked = is_masked_lm(config)
+    auto_class = AutoModelForMaskedLM if masked else AutoModelForCausalLM
+    with quiet_loading():
+        model = auto_class.from_pretrained(path, revision=revision).eval()
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    step, tokens = training_progress(path) if revision is None else _hub_progress(path, revision)
+    return model, masked, step, tokens
+
+
+def score_held_out(
+    path: str, held_out: HeldOut, args: IntrinsicArguments, revision: str | None = None, tokenizer=None
+) -> dict:
+    """One row of metrics for one checkpoint on `held_out` (see the module doc for what is scored)."""
+    if tokenizer is None:
+        tokenizer = tokenizer_for(path, revision)
+    model, masked, step, tokens = _model_and_progress(path, revision)
+    row = {"checkpoint": path, "revision": revision, "step": step, "tokens_seen": tokens,
+           "objective": "mlm" if masked else "clm", "heldout": held_out.kind, "block_size": held_out.block_size}  # fmt: skip
+    if held_out.blocks is not None:
+        blocks = held_out.blocks
+        predicted = np.concatenate([np.asarray(block[1:], dtype=np.int64) for block in blocks])
+        row.update(eval_documents=None, eval_blocks=len(blocks), eval_tokens=sum(map(len, blocks)),
+                   eval_bytes=int(token_byte_lengths(tokenizer)[predicted].sum()))  # fmt: skip
+    else:
+        stream, used, num_bytes = token_stream(held_out.documents, tokenizer, args.max_eval_tokens)
+        blocks = [stream[i : i + held_out.block_size] for i in range(0, len(stream), held_out.block_size)]
+        row.update(eval_documents=used, eval_blocks=None, eval_tokens=len(stream) - 1, eval_bytes=num_bytes)
+    if masked:
+        nll, count, correct = score_masked_blocks(
+            model, blocks, tokenizer, args.batch_size, args.mlm_probability, args.seed
+        )
+        row.update(
+            mlm_loss=nll / max(count, 1), mlm_accuracy=correct / max(count, 1), mlm_probability=args.mlm_probability,
+            mlm_masked_tokens=count,
+        )  # fmt: skip
+        return row
+    if held_out.blocks is not None:
+        nll, count = score_causal_blocks(model, blocks, args.batch_size, tokenizer.pad_token_id)
+    else:
+        nll, count = score_causal(model, stream, held_out.block_size, args.batch_size, tokenizer.pad_token_id)
+    row.update(
+        clm_loss=nll / count, perplexity=perplexity(nll, count), bits_per_byte=bits_per_byte(nll, row["eval_bytes"]),
+        eval_predicted_tokens=count,
+    )  # fmt: skip
+    return row
+
+
 def evaluate_checkpoint(
     path: str,
     documents: Sequence[str],
@@ -193,32 +265,8 @@ def evaluate_checkpoint(
     revision: str | None = None,
     tokenizer=None,
 ) -> dict:
-    """One row of metrics for one checkpoint (see the module doc for what is scored)."""
-    config = AutoConfig.from_pretrained(path, revision=revision)
-    masked = is_masked_lm(config)
-    if tokenizer is None:
-        tokenizer = _tokenizer_for(path, revision)
-    auto_class = AutoModelForMaskedLM if masked else AutoModelForCausalLM
-    with quiet_loading():
-        model = auto_class.from_pretrained(path, revision=revision).eval()
-    model.to("cuda" if torch.cuda.is_available() else "cpu")
-    stream, used, num_bytes = token_stream(documents, tokenizer, args.max_eval_tokens)
-    step, tokens = training_progress(path) if revision is None else _hub_progress(path, revision)
-    row = {"checkpoint": path, "revision": revision, "step": step, "tokens_seen": tokens,
-           "objective": "mlm" if masked else "clm", "eval_documents": used, "eval_tokens": len(stream) - 1, "eval_bytes": num_bytes}  # fmt: skip
-    if masked:
-        nll, count, correct = score_masked(
-            model, stream, tokenizer, block_size, args.batch_size, args.mlm_probability, args.seed
-        )
-        row.update(
-            mlm_loss=nll / max(count, 1), mlm_accuracy=correct / max(count, 1), mlm_probability=args.mlm_probability
-        )
-    else:
-        nll, count = score_causal(model, stream, block_size, args.batch_size, tokenizer.pad_token_id)
-        row.update(
-            clm_loss=nll / count, perplexity=perplexity(nll, count), bits_per_byte=bits_per_byte(nll, num_bytes)
-        )
-    return row
+    """One row of metrics for one checkpoint on held-out documents, in windows of `block_size` tokens."""
+    return score_held_out(path, HeldOut(block_size, documents=documents), args, revision, tokenizer)
 
 
 def _hub_progress(repo: str, revision: str) -> tuple[int | None, int | None]:
@@ -231,62 +279,53 @@ def _hub_progress(repo: str, revision: str) -> tuple[int | None, int | None]:
         return None, None
 
 
-def _tokenizer_for(path: str, revision: str | None):
-    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "tokenizer.json")):
-        parent = os.path.dirname(path.rstrip("/"))  # a checkpoint without tokenizer files: its run's tokenizer
-        for candidate in (parent, os.path.join(parent, "tokenizer")):
-            if os.path.isfile(os.path.join(candidate, "tokenizer.json")):
-                return load_tokenizer(candidate)
-    return load_tokenizer(path, revision=revision)
-
-
-def evaluate_checkpoints(args: IntrinsicArguments, documents: Sequence[str], block_size: int) -> list[dict]:
-    """Rows for every checkpoint that `args` names, windows of `block_size` tokens, with a `run` column (the folder
-    or Hub id given)."""
-    tokenizer = load_tokenizer(args.tokenizer_name_or_path) if args.tokenizer_name_or_path else None
+def _evaluate_run(name: str, held_out: HeldOut, args: IntrinsicArguments, tokenizer) -> list[dict]:
+    """Rows for every checkpoint of `name` (a run folder, a checkpoint, or a Hub id with `args.revisions`)."""
+    targets = [(name, r) for r in args.revisions] if args.revisions else [(c, None) for c in find_checkpoints(name)]
     rows = []
-    for name in args.model_name_or_path:
-        targets = (
-            [(name, r) for r in args.revisions] if args.revisions else [(c, None) for c in find_checkpoints(name)]
+    for path, revision in targets:
+        row = score_held_out(path, held_out, args, revision, tokenizer)
+        rows.append({"run": os.path.basename(name.rstrip("/")) or name, **row})
+        logger.info(
+            "%s: %s", path if revision is None else f"{path}@{revision}", {k: row.get(k) for k in METRICS if k in row}
         )
-        for path, revision in targets:
-            row = evaluate_checkpoint(path, documents, args, block_size, revision, tokenizer)
-            rows.append({"run": os.path.basename(name.rstrip("/")) or name, **row})
-            logger.info(
-                "%s: %s",
-                path if revision is None else f"{path}@{revision}",
-                {k: row.get(k) for k in METRICS if k in row},
-            )
     return rows
 
 
-def held_out_documents(data_args, seed: int, limit: int = 100_000) -> list[str]:
-    """The held-out documents of `data_args` (its validation split), or all its documents when nothing is held out
-    (`validation_fraction: 0` and no validation files: score a held-out file given as `data_files`)."""
-    train, validation = load_documents(data_args, seed=seed)
-    documents = validation if validation is not None else train
-    if not hasattr(documents, "__len__"):  # streamed
-        documents = documents.take(limit)
-    return [row[data_args.text_column] for row in documents]
+def evaluate_checkpoints(args: IntrinsicArguments, documents: Sequence[str], block_size: int) -> list[dict]:
+    """Rows for every checkpoint that `args` names on the same held-out documents, windows of `block_size` tokens,
+    with a `run` column (the folder or Hub id given)."""
+    tokenizer = load_tokenizer(args.tokenizer_name_or_path) if args.tokenizer_name_or_path else None
+    held_out = HeldOut(block_size, documents=list(documents))
+    return [row for name in args.model_name_or_path for row in _evaluate_run(name, held_out, args, tokenizer)]
 
 
 def run_intrinsic(args: IntrinsicArguments, data_args) -> tuple[list[dict], list[str]]:
     """Score every checkpoint and write `intrinsic.csv`, `intrinsic.json` and `intrinsic.png` (each metric against
     tokens seen, one line per run) under `args.output_dir`; returns the rows and the written paths.
 
-    With no data given (no data_files, dataset_name or validation_files), the held-out split of the first run's
-    `resolved_config.yaml` is used, with the run's seed: the documents that run held out from its training."""
-    seed = args.seed
-    if not (data_args.data_files or data_args.dataset_name or data_args.validation_files):
-        resolved = (
-            run_data_arguments(args.model_name_or_path[0]) if os.path.isdir(args.model_name_or_path[0]) else None
-        )
-        if resolved is not None:
-            known = {f.name for f in dataclasses.fields(DataArguments)}
-            data_args = DataArguments(**{k: v for k, v in resolved.items() if k in known})
-            seed = resolved.get("seed", seed)
-            logger.info("Scoring the held-out split of %s (seed %d).", args.model_name_or_path[0], seed)
-    rows = evaluate_checkpoints(args, held_out_documents(data_args, seed), data_args.block_size)
+    With no data given (no data_files, dataset_name, validation_files, data_sources or prepared_dataset_path), each
+    run is scored on the blocks it held out, rebuilt from its `resolved_config.yaml` (see the module doc); a
+    checkpoint that belongs to no run is an error then. With data given, every checkpoint is scored on it, at
+    `args.block_size` or else its run's block size."""
+    tokenizer = load_tokenizer(args.tokenizer_name_or_path) if args.tokenizer_name_or_path else None
+    given = data_given(data_args)
+    as_documents = given and not (data_args.data_sources or data_args.prepared_dataset_path)  # files or a dataset
+    documents = held_out_documents(data_args, args.seed) if as_documents else None
+    rows = []
+    for name in args.model_name_or_path:
+        if given:
+            held_out, run_tok = given_held_out(name, args, data_args, documents, tokenizer)
+        elif run_arguments(name) is None:
+            raise ValueError(
+                f"model_name_or_path: {name!r} is not a run folder (no resolved_config.yaml here or in its parent), "
+                "so it has no held-out split of its own: give held-out text, e.g. --data_files heldout.txt "
+                "--validation_fraction 0."
+            )
+        else:
+            held_out, run_tok = run_held_out(name, args, tokenizer)
+        logger.info("Scoring %s on %s.", name, held_out.source)
+        rows += _evaluate_run(name, held_out, args, run_tok)
     paths = write_rows(rows, os.path.join(args.output_dir, "intrinsic"))
     x = next((key for key in ("tokens_seen", "step") if all(row.get(key) is not None for row in rows)), None)
     if x is None:  # Hub revisions without a trainer state: in the order given

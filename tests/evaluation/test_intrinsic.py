@@ -9,7 +9,10 @@ import sys
 
 import pytest
 
+from hf_pretrain.data.build import held_out_blocks
+from hf_pretrain.data.tokenizer import load_tokenizer
 from hf_pretrain.evaluation.intrinsic import find_checkpoints
+from hf_pretrain.resolve import load_run_arguments
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "recipes"))
@@ -45,11 +48,15 @@ def test_every_checkpoint_is_scored_by_how_it_was_trained(switched_run, tmp_path
     assert (causal["objective"], masked["objective"]) == ("clm", "mlm")
     assert (causal["step"], masked["step"]) == (4, 8) and causal["tokens_seen"] < masked["tokens_seen"]
     assert causal["perplexity"] == pytest.approx(math.exp(causal["clm_loss"]))
-    nll = causal["clm_loss"] * causal["eval_tokens"]
+    nll = causal["clm_loss"] * causal["eval_predicted_tokens"]
     assert causal["bits_per_byte"] == pytest.approx(nll / (math.log(2) * causal["eval_bytes"]))
     assert 0.0 <= masked["mlm_accuracy"] <= 1.0 and masked["mlm_probability"] == 0.2 and "perplexity" not in masked
-    # The run's own held-out split (10% of 40 documents), read from its resolved_config.yaml.
-    assert causal["eval_documents"] == masked["eval_documents"] == 4
+    # The run's own held-out blocks (of 10% of 40 documents), rebuilt from its resolved_config.yaml.
+    _, data_args, training_args = load_run_arguments(switched_run)
+    blocks = held_out_blocks(data_args, load_tokenizer(switched_run), training_args.seed)
+    assert causal["heldout"] == masked["heldout"] == "classic" and causal["block_size"] == 32
+    assert causal["eval_blocks"] == masked["eval_blocks"] == len(blocks) > 0
+    assert causal["eval_tokens"] == 32 * len(blocks) and causal["eval_predicted_tokens"] == 31 * len(blocks)
     for name in ("intrinsic.csv", "intrinsic.json", "intrinsic.png"):
         assert os.path.getsize(os.path.join(out, name)) > 0
     with open(os.path.join(out, "intrinsic.json")) as handle:
