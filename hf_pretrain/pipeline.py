@@ -23,6 +23,7 @@ from hf_pretrain.data.training_data import blocks_per_step, total_steps
 from hf_pretrain.hub.publisher import take_over_hub_push
 from hf_pretrain.hub.revisions import hub_revision_callbacks
 from hf_pretrain.hub.run import publish_final_model
+from hf_pretrain.lora_export import save_lora_result
 from hf_pretrain.models import add_lora, build_config, build_model, count_parameters, load_model
 from hf_pretrain.objectives import CollatorContext
 from hf_pretrain.resolve import ResolvedRun, resolve_run, resolved_text, write_resolved
@@ -141,7 +142,15 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments, traini
     setup.attach(trainer, data, curriculum, data_args.block_size)  # curriculum collator, data callbacks
     setup.restore(data, run.resume_from)  # a stream continues where the checkpoint left it
     train_result = trainer.train(resume_from_checkpoint=run.resume_from)
-    trainer.save_model()  # model (safetensors), config, generation config and tokenizer in output_dir
+    if model_args.lora_rank:  # the merged model in output_dir, the adapter alone in output_dir/adapter/
+        if training_args.should_save:
+            base = model_args.model_name_or_path  # a cooldown branch's checkpoint is already here
+            save_lora_result(
+                trainer.accelerator.unwrap_model(trainer.model), training_args.output_dir, tokenizer, base
+            )
+        trainer.accelerator.wait_for_everyone()
+    else:
+        trainer.save_model()  # model (safetensors), config, generation config and tokenizer in output_dir
     metrics = dict(train_result.metrics)
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)

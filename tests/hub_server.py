@@ -86,7 +86,7 @@ class HubError(Exception):
 
 class HubServer:
     """The server and its state. Test helpers: `files`, `branches`, `commits`, `fail`, `recover`, `requests`,
-    `tokens_used`."""
+    `wait_for_request`, `tokens_used`."""
 
     def __init__(self, tokens: set[str] | frozenset[str] = frozenset(), user: str = "tester", idle_timeout=300.0):
         self.tokens, self.user, self.idle_timeout = set(tokens), user, idle_timeout
@@ -96,6 +96,7 @@ class HubServer:
         self.tokens_used: set[str] = set()  # valid tokens clients authenticated with
         self._failures: list[Failure] = []
         self._lock = threading.RLock()
+        self._answered = threading.Condition()  # notified each time a request is recorded in `requests`
         self._last_request = time.monotonic()
         self._counter = 0
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
@@ -140,6 +141,21 @@ class HubServer:
         """Drop the failures still pending: the Hub is back."""
         with self._lock:
             self._failures.clear()
+
+    def wait_for_request(self, match: str, count: int = 1, timeout: float = 60.0) -> bool:
+        """Block until `count` answered requests contain `match` in "METHOD /path" (False after `timeout` seconds):
+        a test synchronises with a client's background thread on what the Hub has seen, not on a sleep."""
+
+        def seen() -> bool:
+            return sum(match in f"{method} {path}" for method, path, _ in self.requests) >= count
+
+        with self._answered:
+            return self._answered.wait_for(seen, timeout)
+
+    def _record(self, method: str, path: str, status: int) -> None:
+        with self._answered:
+            self.requests.append((method, path, status))
+            self._answered.notify_all()
 
     def branches(self, repo_id: str) -> dict[str, str]:
         return dict(self.repos[repo_id].branches)
@@ -237,7 +253,7 @@ class _Handler(BaseHTTPRequestHandler):
             failure = hub._next_failure(method, url.path)
             if failure is not None and failure.disconnect:
                 self.close_connection = True  # no response at all: the client sees a dropped connection
-                hub.requests.append((method, url.path, 0))
+                hub._record(method, url.path, 0)
                 return
             if failure is not None:
                 headers = {"Retry-After": str(failure.retry_after)} if failure.retry_after is not None else {}
@@ -251,7 +267,7 @@ class _Handler(BaseHTTPRequestHandler):
             if "commit" in error.extra:
                 headers["X-Repo-Commit"] = error.extra["commit"]
             status, payload = error.status, {"error": str(error), **error.extra.get("body", {})}
-        hub.requests.append((method, url.path, status))
+        hub._record(method, url.path, status)
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         self.send_response(status)
         headers.setdefault("Content-Type", "application/json")

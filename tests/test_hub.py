@@ -18,9 +18,16 @@ from hub_server import HubServer
 from huggingface_hub import ModelCard, constants
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
-from hf_pretrain.hub.publisher import HubPublisher, PushJob, RetryPolicy, check_revision_template, human_count, revision_name
-from hf_pretrain.hub.run import checkpoint_job, list_checkpoints, read_revisions
 from hf_pretrain.hub.model_card import RunSummary, objective_ranges, render_model_card
+from hf_pretrain.hub.publisher import (
+    HubPublisher,
+    PushJob,
+    RetryPolicy,
+    check_revision_template,
+    human_count,
+    revision_name,
+)
+from hf_pretrain.hub.run import checkpoint_job, list_checkpoints, read_revisions
 from hf_pretrain.objectives import ObjectivePlan
 from hf_pretrain.schedules import WSDSchedule
 
@@ -212,15 +219,18 @@ def test_publisher_reports_failures_and_never_raises(hub, tmp_path):
     result = publisher.push(job)
     assert result.status == "failed" and result.attempts == 3 and "503" in result.error
     assert publisher.summary().startswith("0 pushed, 0 skipped (already on the Hub), 1 failed (step1: HfHubHTTPError")
-    # In the background: wait() times out while the push is retrying; close() stops it, and it stays pending.
+    # In the background: wait() reports False while the push is retrying; close() stops it, and it stays pending.
     hub.fail(1000, status=503, match="tester/slow")
     publisher = HubPublisher("tester/slow", retry=RetryPolicy(100, 0.2, 0.2))
     publisher.submit(job)
     publisher.submit(PushJob("step2", job.files, "another push"))
-    assert publisher.wait(timeout=0.1) is False and publisher.pending == ["step1", "step2"]
+    # Synchronised on the Hub, not on time: once it has refused a request of tester/slow, step1 is being pushed
+    # (and is retrying), and it cannot finish while the Hub refuses its next 999 requests and nothing closes it.
+    assert hub.wait_for_request("tester/slow")
+    assert publisher.wait(timeout=0) is False and publisher.pending == ["step1", "step2"]
     assert publisher.summary().endswith("2 pending (step1, step2)")
     publisher.close()
-    assert publisher.wait(timeout=5) is True  # stopped retrying; the queued push is dropped
+    assert publisher.wait(timeout=60) is True  # stopped retrying; the queued push is dropped
     step1, step2 = publisher.failures
     assert step1.revision == "step1" and 1 <= step1.attempts < 100
     assert (step2.revision, step2.attempts, step2.error) == ("step2", 0, "not pushed: closed")

@@ -2,7 +2,6 @@
 
 import pytest
 
-from hf_pretrain.planning import __main__ as plan  # python -m hf_pretrain.planning
 from hf_pretrain.planning import (
     PlanArguments,
     chinchilla_tokens,
@@ -12,6 +11,7 @@ from hf_pretrain.planning import (
     run_summary,
     training_flops,
 )
+from hf_pretrain.planning import __main__ as plan  # python -m hf_pretrain.planning
 
 
 def test_chinchilla_70b_parameters_is_1_4t_tokens():

@@ -1,4 +1,5 @@
-"""End to end: the pretraining recipe trains a tiny model, saves it, and it loads back and generates."""
+"""End to end: the pretraining recipe trains a tiny model and saves it; it loads back as the model the run evaluated
+and generates its own greedy predictions."""
 
 import math
 import os
@@ -9,6 +10,9 @@ import pytest
 import torch
 from _runs import REPO, pretrain, train_logs
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from hf_pretrain.data.build import held_out_blocks
+from hf_pretrain.resolve import load_run_arguments
 
 TINY = [
     "--model_preset", "llama-tiny", "--tokenizer_vocab_size", "1024", "--block_size", "32",
@@ -33,12 +37,40 @@ def test_recipe_trains_saves_and_generates(tmp_path):
     assert os.path.isfile(os.path.join(out, "resolved_config.yaml"))
     assert os.path.isdir(os.path.join(out, "checkpoint-40"))
 
-    model = AutoModelForCausalLM.from_pretrained(out)
+    # What was saved is the model the run evaluated: its loss on the run's held-out blocks, recomputed here from
+    # the saved model and tokenizer, is the logged eval_loss (every block is full, so the Trainer's mean of batch
+    # means weighted by batch size is the mean over all predicted tokens).
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
     tokenizer = AutoTokenizer.from_pretrained(out)
-    prompt = tokenizer("The for statement", return_tensors="pt")
-    generated = model.generate(**prompt, max_new_tokens=8, do_sample=False)
-    assert generated.shape[1] == prompt["input_ids"].shape[1] + 8 or generated[0, -1] == tokenizer.eos_token_id
-    assert isinstance(tokenizer.decode(generated[0]), str)
+    _, data_args, training_args = load_run_arguments(out)
+    blocks = torch.tensor(held_out_blocks(data_args, tokenizer, training_args.seed)["input_ids"])
+    loss, accuracy = next_token_scores(model, blocks)
+    assert loss == pytest.approx(metrics["eval_loss"], abs=1e-4)
+    # It predicts held-out text: greedy next-token accuracy far above an untrained model's (about 1 / 1024).
+    _, untrained_accuracy = next_token_scores(AutoModelForCausalLM.from_config(model.config).eval(), blocks)
+    assert accuracy > 0.03 > untrained_accuracy, (accuracy, untrained_accuracy)
+
+    # generate() with the saved generation config continues greedily with the model's own predictions.
+    prompt = blocks[:1, :16]
+    generated = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8, do_sample=False)
+    expected = prompt
+    with torch.no_grad():
+        for _ in range(8):
+            expected = torch.cat([expected, model(input_ids=expected).logits[:, -1:].argmax(-1)], dim=1)
+    assert generated.tolist() == expected[:, : generated.shape[1]].tolist()
+    assert generated.shape[1] == 24 or generated[0, -1] == tokenizer.eos_token_id
+
+
+def next_token_scores(model, blocks: torch.Tensor) -> tuple[float, float]:
+    """Mean next-token cross-entropy and greedy accuracy of `model` over full blocks of token ids."""
+    total, correct, count = 0.0, 0, 0
+    with torch.no_grad():
+        for batch in blocks.split(16):
+            logits, targets = model(input_ids=batch).logits[:, :-1].float(), batch[:, 1:]
+            total += torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum").item()
+            correct += (logits.argmax(-1) == targets).sum().item()
+            count += targets.numel()
+    return total / count, correct / count
 
 
 def test_resume_continues_from_the_last_checkpoint(tmp_path):

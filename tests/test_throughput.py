@@ -1,7 +1,12 @@
 import pytest
 
 from hf_pretrain.models import build_config, build_model
-from hf_pretrain.training.throughput import ThroughputMeter, flop_counted_parameters, flops_per_token, peak_flops_per_device
+from hf_pretrain.training.throughput import (
+    ThroughputMeter,
+    flop_counted_parameters,
+    flops_per_token,
+    peak_flops_per_device,
+)
 
 
 def test_flops_per_token_is_six_n_plus_attention(tokenizer):

@@ -11,9 +11,9 @@ from _runs import REPO, pretrain, train_logs
 from _runs import log_history as history
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
-from hf_pretrain.training.distributed import check_deepspeed_config
 from hf_pretrain.checkpoint_state import schedule_from_checkpoint
 from hf_pretrain.schedules import wsd_schedule
+from hf_pretrain.training.distributed import check_deepspeed_config
 
 TINY = [
     "--model_preset", "llama-tiny", "--tokenizer_vocab_size", "1024", "--block_size", "32",
@@ -116,10 +116,21 @@ def test_continued_mlm_pretraining_with_lora_from_a_clm_checkpoint(tmp_path):
     out = str(tmp_path / "cpt")
     pretrain.main([*TINY, "--output_dir", out, "--max_steps", "3", "--objective", "mlm", "--model_name_or_path",
                    os.path.join(source, "checkpoint-4"), "--lora_rank", "4"])  # fmt: skip
-    adapter = load_file(os.path.join(out, "adapter_model.safetensors"))
+    adapter = load_file(os.path.join(out, "adapter", "adapter_model.safetensors"))
     assert adapter and all("lora_" in name for name in adapter)  # only the adapter is trained and saved
     logs = train_logs(out)
     assert all("mlm_accuracy" in logs[s] for s in (1, 2, 3))
+    # The result loads with the standard tools as the masked model it is (before: an adapter with an absolute base
+    # path that AutoPeftModel refused, and that pipeline() put onto a causal model).
+    from peft import AutoPeftModel
+    from transformers import pipeline
+
+    from hf_pretrain import LlamaForMaskedLM
+
+    assert not os.path.exists(os.path.join(out, "adapter_config.json"))
+    assert isinstance(pipeline("fill-mask", model=out).model, LlamaForMaskedLM)
+    peft_model = AutoPeftModel.from_pretrained(os.path.join(out, "adapter"))
+    assert isinstance(peft_model.get_base_model(), LlamaForMaskedLM)
 
 
 CONFIG_OVERRIDES = ["--max_steps", "3", "--eval_steps", "3", "--save_steps", "3", "--logging_steps", "1",

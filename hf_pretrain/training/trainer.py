@@ -43,9 +43,26 @@ def perplexity(loss: float) -> float:
 class PretrainingTrainer(Trainer):
     """A `Trainer` for pretraining with `PretrainingArguments`. See the module docstring for what it adds.
 
-    >>> from hf_pretrain import PretrainingTrainer
-    >>> PretrainingTrainer.__mro__[1].__name__
-    'Trainer'
+    The objective, hence the batch view, the attention and the metric, follows the global step: here a CLM→MLM run
+    of 20 steps that switches half way.
+
+    >>> import contextlib, io, tempfile
+    >>> from transformers import LlamaConfig, LlamaForCausalLM
+    >>> from hf_pretrain import PretrainingArguments, PretrainingTrainer
+    >>> model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+    ...                                      num_attention_heads=2, num_key_value_heads=1))
+    >>> args = PretrainingArguments(output_dir=tempfile.mkdtemp(), objective="clm_then_mlm", max_steps=20,
+    ...                             switch_fraction=0.5, eval_strategy="no", use_cpu=True)
+    >>> with contextlib.redirect_stdout(io.StringIO()):  # DeepSpeed, when installed, may print a notice on CPU
+    ...     trainer = PretrainingTrainer(model=model, args=args)
+    >>> def objective_at(step):
+    ...     trainer.state.global_step = step
+    ...     phase = trainer.current_objective()
+    ...     return phase.name, phase.attention, phase.metric
+    >>> objective_at(0), objective_at(9)
+    (('clm_unshifted', 'causal', 'perplexity'), ('clm_unshifted', 'causal', 'perplexity'))
+    >>> objective_at(10), objective_at(19)
+    (('mlm', 'bidirectional', 'mlm_accuracy'), ('mlm', 'bidirectional', 'mlm_accuracy'))
     """
 
     def __init__(

@@ -1,8 +1,8 @@
 import pytest
 from transformers import AutoTokenizer
 
-from hf_pretrain.objectives import get_objective
 from hf_pretrain.data.tokenizer import UL2_MODE_TOKENS, check_special_tokens, sentinel_token, train_tokenizer
+from hf_pretrain.objectives import get_objective
 
 
 def test_trained_tokenizer_has_every_special_token(tokenizer):

@@ -10,9 +10,9 @@ import pytest
 from _runs import pretrain
 
 from hf_pretrain.checkpoint_state import stream_position_from_checkpoint
-from hf_pretrain.training.callbacks.data_position import SourceTokensCallback, StreamPositionCallback
 from hf_pretrain.data.prepare import PrepareArguments, prepare_corpus
 from hf_pretrain.data.streaming import MixedBlockStream
+from hf_pretrain.training.callbacks.data_position import SourceTokensCallback, StreamPositionCallback
 
 WORDS = ["the", "a", "of", "and", "to", "river", "stone", "light", "quiet", "north", "wind", "carries", "seeds", "over", "old", "walls", "fields"]  # fmt: skip
 TINY = [
