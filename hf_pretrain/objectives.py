@@ -8,7 +8,8 @@ the pipeline, the tokenizer check and the model card ask the registry; nothing o
 objective names (`tests/test_objectives.py` checks that).
 
 The trainer asks the `ObjectivePlan` which phase is active at the current global step (a pure function of the
-step, so resume and DataLoader workers need no shared state); batches carry a view for every phase of the run.
+step, so resume and DataLoader workers need no shared state); batches carry a view for every phase of the run
+(`hf_pretrain.objective_views`).
 
 Decoder-only masked LM (the EuroBERT / arXiv 2507.00994 setup) runs through one forward convention for both
 phases: `labels[t]` is the target predicted at position t, unshifted. Masked LM labels are the original tokens at
@@ -18,19 +19,17 @@ computes an unshifted loss over labelled positions only, causal or bidirectional
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-
-import torch
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from hf_pretrain.collators import (
-    IGNORE_INDEX,
     DataCollatorForCausalLM,
     DataCollatorForMaskedLM,
     DataCollatorForPrefixLM,
     DataCollatorForSpanCorruption,
     DataCollatorForUL2,
 )
+from hf_pretrain.objective_views import MultiObjectiveCollator
 
 ATTENTIONS = ("causal", "bidirectional", "prefix", "encoder_decoder")
 DECODER, ENCODER_DECODER = "decoder", "encoder_decoder"
@@ -315,79 +314,3 @@ class ObjectivePlan:
     @classmethod
     def from_dict(cls, data: Mapping) -> ObjectivePlan:
         return cls(tuple((int(start), str(name)) for start, name in data["phases"]))
-
-
-def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
-    """Causal-LM labels in the unshifted convention: target[t] = labels[t + 1]; the last position has none.
-
-    Equal to what `ForCausalLMLoss` does inside the model (compare logits[:, :-1] with labels[:, 1:]); a -100 at a
-    document start (padding-free batches) removes the prediction from the previous document's last token.
-    """
-    return torch.nn.functional.pad(labels[..., 1:], (0, 1), value=IGNORE_INDEX)  # (B, T)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Batches: one view per phase of the run, chosen at the training step.
-# ---------------------------------------------------------------------------------------------------------------
-
-VIEW_SEPARATOR = "::"
-
-
-def select_view(batch: Mapping, phase: Phase) -> dict:
-    """The model inputs of `phase` from a batch that carries several views (`name::key`); single views pass."""
-    prefix = phase.name + VIEW_SEPARATOR
-    if not any(VIEW_SEPARATOR in key for key in batch):
-        return dict(batch)
-    view = {key[len(prefix) :]: value for key, value in batch.items() if key.startswith(prefix)}
-    if not view:
-        raise ValueError(f"The batch has no view for phase {phase.name!r}; it has keys {sorted(batch)}.")
-    return view
-
-
-@dataclass
-class MultiObjectiveCollator:
-    """Collate once, then build the batch of every phase of a run (CLM and MLM views for clm_then_mlm).
-
-    Keys are `<phase>::<key>`; `select_view` picks one in the main process at the step, so the switch lands on
-    the exact global step whatever the DataLoader workers have prefetched.
-    """
-
-    masked: DataCollatorForMaskedLM
-    causal: DataCollatorForCausalLM
-    phases: Sequence[str] = field(default=("clm_unshifted", "mlm"))
-
-    def __post_init__(self):
-        views = {"clm_unshifted": self._causal_view, "mlm": self.masked.mask_tokens}
-        unknown = [name for name in self.phases if name not in views]
-        if unknown:
-            raise ValueError(f"MultiObjectiveCollator builds {sorted(views)} views, not {unknown}.")
-        self._views = [(name, views[name]) for name in self.phases]
-
-    def _causal_view(self, collated: Mapping) -> dict:
-        # block_index is there only for the masked view's rate schedule: it is no model input.
-        view = {k: v for k, v in collated.items() if k not in ("special_tokens_mask", "word_ids", "block_index")}
-        view = self.causal.add_labels(view)  # labels: the inputs, -100 at padding
-        view["labels"] = next_token_targets(view["labels"])
-        return view
-
-    def __call__(self, features: Sequence[Mapping]) -> dict[str, torch.Tensor]:
-        collated = self.masked.collate(features)  # padded ids, attention mask, special-token mask
-        batch: dict[str, torch.Tensor] = {}
-        for name, build in self._views:
-            batch.update({f"{name}{VIEW_SEPARATOR}{key}": value for key, value in build(collated).items()})
-        return batch
-
-    def set_epoch(self, epoch: int) -> None:
-        self.masked.set_epoch(epoch)
-
-    def set_masking_schedule(self, schedule, blocks_per_step: int = 1) -> None:
-        """A masking-rate schedule for the masked view (see `DataCollatorForMaskedLM.set_masking_schedule`)."""
-        self.masked.set_masking_schedule(schedule, blocks_per_step)
-
-    @property
-    def mlm_probability(self) -> float:
-        return self.masked.mlm_probability
-
-    @mlm_probability.setter
-    def mlm_probability(self, value: float) -> None:
-        self.masked.mlm_probability = value

@@ -18,7 +18,8 @@ import torch
 from transformers import Trainer
 
 from hf_pretrain.modeling_masked_llama import masked_lm_accuracy
-from hf_pretrain.objectives import ObjectivePlan, Phase, select_view
+from hf_pretrain.objective_views import select_view
+from hf_pretrain.objectives import ObjectivePlan, Phase
 from hf_pretrain.resolve import run_plan
 from hf_pretrain.schedules import ScheduleStateCallback, WSDSchedule
 from hf_pretrain.training.attention import probe_attention, set_direction
