@@ -100,6 +100,11 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments, traini
     data = build_data(model_args, data_args, training_args)
     tokenizer = data.tokenizer
     check_special_tokens(tokenizer, run.spec)
+    if data.evaluation is None and run.evaluation:  # e.g. a Hub dataset that turned out to have no validation split
+        raise ValueError(
+            f"eval_strategy={training_args.eval_strategy!r}, but the {run.data_path} data holds nothing out: set "
+            "validation_fraction > 0, give validation_files, or set eval_strategy: no."
+        )
     if run.total_steps is None:  # a run by epochs: its length, hence its plan and schedule, follow from the data
         run = run.with_total_steps(total_steps(training_args, data.train), training_args)
         resolved = resolved_text(model_args, data_args, training_args, run)

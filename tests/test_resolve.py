@@ -297,3 +297,14 @@ def test_dry_run_prints_the_resolved_run_and_writes_nothing(tmp_path, capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["max_steps"] == 40 and printed["resolved_run"]["schedule"]["decay_steps"] > 0
     assert printed["resolved_run"]["phases"] == [[0, "clm"]] and not out.exists()
+
+
+def test_validation_files_are_the_held_out_set_of_a_mixed_run(corpus, tmp_path):
+    out = tmp_path / "run"
+    argv = [*TINY, *data_argv(corpus, "mixed"), "--validation_files", corpus["files"]["b"], "--max_steps", "2"]
+    pretrain.main(
+        [*argv, "--eval_strategy", "steps", "--eval_steps", "2", "--output_dir", str(out)]
+    )  # before: ignored
+    results = json.loads((out / "eval_results.json").read_text())
+    _, derived = load_resolved(str(out))
+    assert results["eval_loss"] > 0 and derived["held_out"].startswith("validation_files")

@@ -110,6 +110,8 @@ def held_out_blocks(data_args, tokenizer, seed: int) -> datasets.Dataset | None:
     if path == "classic":
         _, eval_docs = load_documents(data_args, seed=seed)
         return None if eval_docs is None else _classic_blocks(data_args, tokenizer, eval_docs)
+    if data_args.validation_files:
+        return block_data.validation_file_blocks(data_args, tokenizer)
     _, held_out, _ = block_data.load_source_documents(data_args, seed)
     blocks = [
         block_data.source_blocks(docs, tokenizer, data_args) for docs in held_out if docs is not None and len(docs)

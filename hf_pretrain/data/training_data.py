@@ -125,13 +125,27 @@ def mixed_data(data_args, tokenizer, train_docs, held_out, specs, seed: int) -> 
     train, info = mix_blocks(blocks, weights, names, seed=seed)
     logger.info("Mixed %d blocks from %s.", len(train), {name: i["blocks_used"] for name, i in info.items()})
     evaluation = [source_blocks(d, tokenizer, data_args) for d in held_out if d is not None and len(d)]
+    given = validation_file_blocks(data_args, tokenizer)  # validation_files replace the per-source split
     return TrainingData(
         train=train,
-        evaluation=concatenate_datasets(evaluation) if evaluation else None,
+        evaluation=given if given is not None else concatenate_datasets(evaluation) if evaluation else None,
         tokenizer=tokenizer,
         names=names,
         weights=weights,
         ordered=True,
+    )
+
+
+def validation_file_blocks(data_args, tokenizer) -> Dataset | None:
+    """The blocks of `validation_files` (the held-out set of mixed and streamed data when given), or None."""
+    if not data_args.validation_files:
+        return None
+    documents = _drop_blank(
+        read_files(data_args.validation_files, data_args.text_sample_by), data_args.text_column, "validation_files"
+    )
+    return pack_blocks(
+        tokenize_documents(documents, tokenizer, data_args.text_column, data_args.preprocessing_num_workers),
+        data_args.block_size,
     )
 
 
@@ -144,15 +158,7 @@ def streamed_data(data_args, tokenizer) -> TrainingData:
         )
         for spec in specs
     ]
-    evaluation = None
-    if data_args.validation_files:
-        documents = _drop_blank(
-            read_files(data_args.validation_files, data_args.text_sample_by), data_args.text_column, "validation_files"
-        )
-        evaluation = pack_blocks(
-            tokenize_documents(documents, tokenizer, data_args.text_column, data_args.preprocessing_num_workers),
-            data_args.block_size,
-        )
+    evaluation = validation_file_blocks(data_args, tokenizer)
     return TrainingData(
         train=MixedBlockStream(sources, [s.weight for s in specs]),
         evaluation=evaluation,
