@@ -79,12 +79,13 @@ def flatten(rows: Sequence, dtype=np.int64) -> tuple[np.ndarray, np.ndarray]:
 
 
 def pad_flat(flat: np.ndarray, lengths: np.ndarray, pad_value, pad_to_multiple_of: int | None = None) -> np.ndarray:
-    """Lay the flat rows (N,) of lengths (B,) out right-padded as (B, T), T = the longest row rounded up to a
-    multiple of `pad_to_multiple_of`; `flat`'s dtype. Equal-length rows that need no padding are a free reshape."""
+    """Lay the flat rows (N, ...) of lengths (B,) out right-padded as (B, T, ...), T = the longest row rounded up to
+    a multiple of `pad_to_multiple_of`; `flat`'s dtype. Trailing dimensions (e.g. the (start, end) pair of an
+    `offset_mapping`) are kept. Equal-length rows that need no padding are a free reshape."""
     width = padded_length(int(lengths.max()) if len(lengths) else 0, pad_to_multiple_of)
     if len(lengths) and lengths.min() == width:
-        return flat.reshape(len(lengths), width)
-    array = np.full((len(lengths), width), pad_value, dtype=flat.dtype)
+        return flat.reshape(len(lengths), width, *flat.shape[1:])
+    array = np.full((len(lengths), width, *flat.shape[1:]), pad_value, dtype=flat.dtype)
     array[np.arange(width)[None, :] < lengths[:, None]] = flat  # row-major order matches the concatenation
     return array
 

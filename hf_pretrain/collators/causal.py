@@ -3,6 +3,9 @@
 transformers' `DataCollatorForLanguageModeling(mlm=False)` finds padding by comparing with the pad id, so when
 pad == eos (the usual setup for GPT-style tokenizers) every real eos also becomes -100 and the model never learns
 to end a document. Here padding comes from the lengths and the attention mask only.
+
+Otherwise it is a drop-in for it in existing scripts: features may be dicts or plain sequences of token ids, keys
+it does not use are padded or stacked and passed through, and `return_tensors="np"` returns numpy arrays.
 """
 
 from __future__ import annotations
@@ -13,9 +16,19 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from ._features import collate_packed, collate_padded, is_packed
+from ._features import (
+    as_features,
+    check_return_tensors,
+    collate_packed,
+    collate_padded,
+    is_packed,
+    to_return_tensors,
+)
 from ._padding import check_pad_to_multiple_of
 from ._rows import IGNORE_INDEX
+
+# Tokenizer outputs that are no model input and that causal LM has no use for; transformers' collator drops them too.
+_DROPPED_KEYS = ("special_tokens_mask", "offset_mapping")
 
 
 @dataclass
@@ -33,6 +46,15 @@ class DataCollatorForCausalLM:
     gets label -100 so no document is predicted from the one before it. (The model shifts labels by one, so that
     label would only be the target of the previous document's last position.)
 
+    Features are dicts with `input_ids`, or plain sequences of token ids (lists, arrays, tensors). A tokenizer's
+    `special_tokens_mask` and `offset_mapping` are dropped, as transformers' collator does. Every other key is
+    passed through: per-token columns (as long as `input_ids`) padded like it, with the tokenizer's
+    `pad_token_type_id` for `token_type_ids` and 0 otherwise, or flattened to (1, N) when padding-free; per-example
+    values stacked to (B,), or (D,) one per document when padding-free.
+
+    `return_tensors` is "pt" (torch tensors, the default) or "np" (numpy arrays), the container of every output
+    (`__call__`, `collate`, `add_labels`); `__call__(features, return_tensors=...)` overrides it for one call.
+
     `__call__(features)` is `add_labels(collate(features))`.
 
     >>> from hf_pretrain.data.tokenizer import train_tokenizer
@@ -45,13 +67,18 @@ class DataCollatorForCausalLM:
     >>> packed = DataCollatorForCausalLM(tok, padding_free=True)([{"input_ids": [60, 61, 2]}, {"input_ids": [70, 2]}])
     >>> packed["labels"].tolist(), packed["position_ids"].tolist(), packed["cu_seq_lens_q"].tolist()
     ([[-100, 61, 2, -100, 2]], [[0, 1, 2, 0, 1]], [0, 3, 5])
+    >>> batch = DataCollatorForCausalLM(tok, return_tensors="np")([[60, 61, 2], [70, 2]])  # plain lists of ids
+    >>> type(batch["labels"]).__name__, batch["labels"].tolist()
+    ('ndarray', [[60, 61, 2], [70, 2, -100]])
     """
 
     tokenizer: PreTrainedTokenizerBase | None = None
     padding_free: bool = False
     pad_to_multiple_of: int | None = None
+    return_tensors: str = "pt"
 
     def __post_init__(self):
+        check_return_tensors(self.return_tensors)
         check_pad_to_multiple_of(self.pad_to_multiple_of, self.padding_free)
         if not self.padding_free and (self.tokenizer is None or self.tokenizer.pad_token_id is None):
             raise ValueError(
@@ -60,19 +87,34 @@ class DataCollatorForCausalLM:
                 "padding_free=True."
             )
 
-    def __call__(self, features: Sequence[Mapping]) -> dict[str, torch.Tensor | int]:
-        return self.add_labels(self.collate(features))
+    def __call__(self, features: Sequence, return_tensors: str | None = None) -> dict:
+        if return_tensors is not None:
+            check_return_tensors(return_tensors)
+        return to_return_tensors(self._add_labels(self._collate(features)), return_tensors or self.return_tensors)
 
-    def collate(self, features: Sequence[Mapping]) -> dict[str, torch.Tensor | int]:
-        """Pad (or pack) `input_ids` (and given `labels`), without computing labels."""
+    def collate(self, features: Sequence) -> dict:
+        """Pad (or pack) `input_ids` (and given `labels`, and the pass-through keys), without computing labels."""
+        return to_return_tensors(self._collate(features), self.return_tensors)
+
+    def _collate(self, features: Sequence) -> dict[str, torch.Tensor | int]:
+        features = as_features(features)
         if self.padding_free:
-            return collate_packed(features, optional=("labels",))
+            return collate_packed(features, optional=("labels",), exclude=_DROPPED_KEYS)
+        pad_type = int(getattr(self.tokenizer, "pad_token_type_id", 0) or 0)
         return collate_padded(
-            features, self.tokenizer.pad_token_id, self.pad_to_multiple_of, optional={"labels": IGNORE_INDEX}
+            features,
+            self.tokenizer.pad_token_id,
+            self.pad_to_multiple_of,
+            optional={"labels": IGNORE_INDEX},
+            pad_values={"token_type_ids": pad_type},
+            exclude=_DROPPED_KEYS,
         )
 
-    def add_labels(self, batch: Mapping) -> dict[str, torch.Tensor | int]:
+    def add_labels(self, batch: Mapping) -> dict:
         """Labels for a collated batch: the inputs (or the given labels), -100 at padding / documents' first tokens."""
+        return to_return_tensors(self._add_labels(batch), self.return_tensors)
+
+    def _add_labels(self, batch: Mapping) -> dict[str, torch.Tensor | int]:
         batch = dict(batch)
         if "input_ids" not in batch:
             raise ValueError(f"The batch has no 'input_ids'; found keys {sorted(batch)}.")

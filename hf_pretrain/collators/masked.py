@@ -5,6 +5,10 @@ selected (the special test is one lookup-table gather, not a Python loop); rando
 non-special vocabulary only; whole-word masking keeps the 80/10/10 split and needs no offset mapping; an exact
 count per sequence is available; padding-free (packed) batches are supported; and the masks are keyed by the
 sample's tokens, so a sample gets the same mask in any batch, with any number of DataLoader workers.
+
+It is a drop-in for it in existing scripts: features may be dicts or plain sequences of token ids, keys it does not
+use (`token_type_ids`, `next_sentence_label`, ...) are padded or stacked and passed through, `special_tokens_mask`
+and `offset_mapping` are consumed as there, and `return_tensors="np"` returns numpy arrays.
 """
 
 from __future__ import annotations
@@ -17,7 +21,16 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from ._features import collate_packed, collate_padded, is_packed, packed_lengths, unpack
+from ._features import (
+    as_features,
+    check_return_tensors,
+    collate_packed,
+    collate_padded,
+    is_packed,
+    packed_lengths,
+    to_return_tensors,
+    unpack,
+)
 from ._keyed import keyed_randint, keyed_uniform, sample_keys
 from ._padding import check_pad_to_multiple_of
 from ._rows import IGNORE_INDEX
@@ -31,6 +44,9 @@ _RANDOM_TOKEN_STREAM = 0x4D4C4D03
 
 # Keys a collated batch carries for the masking transform only; `mask_tokens` removes them before the model sees it.
 _TRANSFORM_KEYS = ("special_tokens_mask", "word_ids")
+# Feature keys `collate` does not pass through: the masking makes the labels (as transformers' collator does), and
+# a block's index only selects its masking rate.
+_CONSUMED_KEYS = ("labels", "block_index")
 
 
 def special_token_table(tokenizer: PreTrainedTokenizerBase) -> np.ndarray:
@@ -103,8 +119,10 @@ class DataCollatorForMaskedLM:
         whole_word_mask: select whole words; the split is then drawn per word too (a word is masked, replaced
             token by token with random tokens, or kept, as a unit). Word boundaries come from a `word_ids` feature
             when present (`encoding.word_ids()` of a fast tokenizer; None marks special tokens, never selected),
-            else from the vocabulary's word-start convention (byte-level `Ġ`, Metaspace `▁`, WordPiece `##`).
-            Special tokens and padding are always words of their own.
+            else from the vocabulary's word-start convention (byte-level `Ġ`, Metaspace `▁`, WordPiece `##`, as in
+            BERT's original whole-word masking), else from an `offset_mapping` feature (transformers' rule: a token
+            continues a word when it begins where the previous one ends). Special tokens and padding are always
+            words of their own.
         exact_count: select exactly `round(mlm_probability * n)` per sequence (Python rounding, half to even),
             where n counts maskable tokens, or maskable words under `whole_word_mask`.
         padding_free: return one packed row (1, N) with `position_ids` and `cu_seq_lens_q/k`, `max_length_q/k`
@@ -114,6 +132,18 @@ class DataCollatorForMaskedLM:
         seed: fixes the masks: a sample's mask is a function of (seed, epoch, its tokens) only, whatever the batch
             and worker count. None draws a fresh seed per call.
         epoch: mixed into the keys; bump it (`set_epoch`) so repeated data gets fresh masks. Shared like the rate.
+        return_tensors: "pt" (torch tensors, the default) or "np" (numpy arrays): the container of every output
+            (`__call__`, `collate`, `mask_tokens`); the masks are the same. `__call__(features, return_tensors=...)`
+            overrides it for one call, as in transformers.
+
+    Features are dicts with `input_ids`, or plain sequences of token ids (lists, arrays, tensors). The keys the
+    masking reads (`attention_mask` aside) never reach the model: `special_tokens_mask`, `word_ids` and
+    `offset_mapping` (fast-tokenizer outputs; transformers pops the first and last too) and `block_index` (a block's
+    global index, read by an installed masking schedule). Given `labels` are replaced by the masking labels, as in
+    transformers. Every other key is passed through: per-token columns (as long as `input_ids`) padded like it,
+    with the tokenizer's `pad_token_type_id` for `token_type_ids` and 0 otherwise; per-example values
+    (`next_sentence_label`, `sentence_order_label`) stacked to (B,). Padding-free, per-token columns are flattened
+    to (1, N) and per-example values stacked to (D,), one per document.
 
     `__call__(features)` is `mask_tokens(collate(features))`; `collate` is the neutral padding step and
     `mask_tokens` the transform, usable on any already-collated batch (e.g. at the training step).
@@ -133,6 +163,16 @@ class DataCollatorForMaskedLM:
     [[1, 60, 4, 62, 63, 4, 2], [1, 63, 71, 2, 0, 0, 0]]
     >>> bool((collator([features[1]])["labels"] == batch["labels"][1:, :4]).all())  # same mask in any batch
     True
+
+    Plain lists of ids, pass-through keys and numpy outputs:
+
+    >>> nsp = DataCollatorForMaskedLM(tok, mlm_probability=0.5, seed=4, return_tensors="np")
+    >>> batch = nsp([{**f, "token_type_ids": [0] * 4 + [1] * (len(f["input_ids"]) - 4), "next_sentence_label": i}
+    ...              for i, f in enumerate(features)])
+    >>> type(batch["input_ids"]).__name__, batch["token_type_ids"].tolist(), batch["next_sentence_label"].tolist()
+    ('ndarray', [[0, 0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 0, 0, 0]], [0, 1])
+    >>> nsp([f["input_ids"] for f in features])["labels"].tolist() == batch["labels"].tolist()
+    True
     """
 
     tokenizer: PreTrainedTokenizerBase
@@ -145,8 +185,10 @@ class DataCollatorForMaskedLM:
     pad_to_multiple_of: int | None = None
     seed: int | None = None
     epoch: int = 0
+    return_tensors: str = "pt"
 
     def __post_init__(self):
+        check_return_tensors(self.return_tensors)
         self.mask_replace_prob = _probability("mask_replace_prob", self.mask_replace_prob)
         self.random_replace_prob = _probability("random_replace_prob", self.random_replace_prob)
         if self.mask_replace_prob + self.random_replace_prob > 1 + 1e-12:
@@ -172,6 +214,11 @@ class DataCollatorForMaskedLM:
         if len(self._replacements) == 0 and self.random_replace_prob > 0:
             raise ValueError("random_replace_prob > 0 but the tokenizer has no non-special token to draw from.")
         self._word_starts = word_start_table(self.tokenizer) if self.whole_word_mask else None  # (V,) bool or None
+        self._pad_values = {"token_type_ids": int(getattr(self.tokenizer, "pad_token_type_id", 0) or 0)}
+        # offset_mapping gives words only without a vocabulary convention; otherwise it is dropped unread (its
+        # (T, 2) Python tuples cost more to convert than the whole masking).
+        offsets_unused = not self.whole_word_mask or self._word_starts is not None
+        self._consumed = (*_CONSUMED_KEYS, "offset_mapping") if offsets_unused else _CONSUMED_KEYS
 
     def set_epoch(self, epoch: int) -> None:
         """Use the keys of `epoch` from the next batch on (seen by DataLoader workers too)."""
@@ -189,22 +236,33 @@ class DataCollatorForMaskedLM:
             raise ValueError(f"blocks_per_step must be >= 1, got {blocks_per_step}.")
         self._masking_schedule = None if schedule is None else (schedule, int(blocks_per_step))
 
-    def __call__(self, features: Sequence[Mapping]) -> dict[str, torch.Tensor | int]:
-        return self.mask_tokens(self.collate(features))
+    def __call__(self, features: Sequence, return_tensors: str | None = None) -> dict:
+        if return_tensors is not None:
+            check_return_tensors(return_tensors)
+        return to_return_tensors(self._mask_tokens(self._collate(features)), return_tensors or self.return_tensors)
 
     # ----------------------------------------------------------------------------------------------------------
     # Neutral step: features → tensors.
     # ----------------------------------------------------------------------------------------------------------
 
-    def collate(self, features: Sequence[Mapping]) -> dict[str, torch.Tensor | int]:
+    def collate(self, features: Sequence) -> dict:
         """Pad (or pack) the features. Adds `special_tokens_mask` (bool, the given one OR the vocabulary's special
-        tokens) and, when the features have them, `word_ids` and (with a masking schedule) `block_index` (B,);
-        `mask_tokens` consumes them."""
+        tokens) and, when the features have them, `word_ids`, `offset_mapping` (when it gives the words) and (with a
+        masking schedule) `block_index` (B,); `mask_tokens` consumes them. Other keys pass through (see the class docstring)."""
+        return to_return_tensors(self._collate(features), self.return_tensors)
+
+    def _collate(self, features: Sequence) -> dict[str, torch.Tensor | int]:
+        features = as_features(features)
         if self.padding_free:
-            batch = collate_packed(features, optional=_TRANSFORM_KEYS)
+            batch = collate_packed(features, optional=_TRANSFORM_KEYS, exclude=self._consumed)
         else:
             batch = collate_padded(
-                features, self._pad_id, self.pad_to_multiple_of, optional={"special_tokens_mask": 1, "word_ids": -1}
+                features,
+                self._pad_id,
+                self.pad_to_multiple_of,
+                optional={"special_tokens_mask": 1, "word_ids": -1},
+                pad_values=self._pad_values,
+                exclude=self._consumed,
             )
         special = self._special_of(batch["input_ids"].numpy())  # (B, T) or (1, N) bool
         if "special_tokens_mask" in batch:
@@ -226,12 +284,17 @@ class DataCollatorForMaskedLM:
     # Transform: a collated batch → masked inputs and labels.
     # ----------------------------------------------------------------------------------------------------------
 
-    def mask_tokens(self, batch: Mapping, mlm_probability=None) -> dict[str, torch.Tensor | int]:
+    def mask_tokens(self, batch: Mapping, mlm_probability=None) -> dict:
         """Select and replace tokens of a collated batch (padded with `attention_mask`, or padding-free with
-        `cu_seq_lens_q`); returns a new dict with `input_ids` and `labels`, without the transform-only keys.
+        `cu_seq_lens_q`; torch tensors or numpy arrays); returns a new dict with `input_ids` and `labels`, without
+        the transform-only keys (`special_tokens_mask`, `word_ids`, `offset_mapping`, `block_index`), in the
+        `return_tensors` container. Other keys pass unchanged.
 
         The rate: `mlm_probability` if given (a number, or one per row (B,), per document when padding-free), else
         the installed schedule at each row's step (from `block_index`), else the collator's `mlm_probability`."""
+        return to_return_tensors(self._mask_tokens(batch, mlm_probability), self.return_tensors)
+
+    def _mask_tokens(self, batch: Mapping, mlm_probability=None) -> dict[str, torch.Tensor | int]:
         batch = dict(batch)
         block_index = batch.pop("block_index", None)
         if "input_ids" not in batch:
@@ -244,6 +307,11 @@ class DataCollatorForMaskedLM:
         word_ids = batch.pop("word_ids", None)
         if word_ids is not None:
             word_ids = _as_array(word_ids, np.int64)
+        offsets = batch.pop("offset_mapping", None)  # never a model input
+        if word_ids is None and offsets is not None and self.whole_word_mask and self._word_starts is None:
+            # Only without a known vocabulary convention: byte-level offsets include the space before a word
+            # unless the tokenizer trims them (ours does not), and then no token would ever start a word.
+            word_ids = _offset_word_ids(_as_array(offsets, np.int64))  # (B, T) or (1, N)
 
         packed = is_packed(batch)
         if packed:
@@ -289,7 +357,8 @@ class DataCollatorForMaskedLM:
         else:
             raise ValueError(
                 "whole_word_mask=True, but the tokenizer's word-start convention is unknown (not byte-level, "
-                "Metaspace or WordPiece); give each feature 'word_ids' (a fast tokenizer's encoding.word_ids())."
+                "Metaspace or WordPiece); give each feature 'word_ids' (a fast tokenizer's encoding.word_ids()) or "
+                "'offset_mapping' (return_offsets_mapping=True)."
             )
         # Unmaskable tokens (special, padding) are words of their own: they start one and end the previous one.
         starts = starts | ~maskable
@@ -358,6 +427,17 @@ class DataCollatorForMaskedLM:
 def _as_array(value, dtype) -> np.ndarray:
     array = value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
     return array.astype(dtype, copy=False)
+
+
+def _offset_word_ids(offsets: np.ndarray) -> np.ndarray:
+    """Word index of each token (B, T) from its character offsets (B, T, 2): a token starts a word unless it begins
+    where the previous token ends (transformers' whole-word rule). A packed row (1, N, 2) works alike: unpacked,
+    each document's first token starts a word (`_word_index`), as do the tokens next to special ones."""
+    if offsets.ndim != 3 or offsets.shape[-1] != 2:
+        raise ValueError(f"offset_mapping must hold one (start, end) pair per token, got shape {offsets.shape}.")
+    starts = np.ones(offsets.shape[:2], dtype=bool)
+    starts[:, 1:] = offsets[:, 1:, 0] != offsets[:, :-1, 1]
+    return np.cumsum(starts, axis=1) - 1
 
 
 def _smallest_k(draws: np.ndarray, eligible: np.ndarray, probability: float) -> np.ndarray:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 BOS, EOS, PAD, UNK, MASK = "<s>", "</s>", "<pad>", "<unk>", "<mask>"
@@ -31,14 +31,24 @@ def train_tokenizer(
 ) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer (GPT-2 / Llama-3 style: no unknown tokens) on `texts`.
 
-    `vocab_size` counts the special tokens; it is an upper bound (a small corpus runs out of merges first). The result is a `PreTrainedTokenizerFast` with bos/eos/pad/unk/mask,
-    `num_sentinels` T5 sentinels (as additional special tokens) and the UL2 mode tokens.
+    `vocab_size` counts the special tokens; it is an upper bound (a small corpus runs out of merges first). The
+    result is a `PreTrainedTokenizerFast` with bos/eos/pad/unk/mask, `num_sentinels` T5 sentinels (as additional
+    special tokens) and the UL2 mode tokens.
+
+    The mask token strips the space before it (`lstrip`, as RoBERTa's does): "The <mask> statement" is
+    The, <mask>, Ġstatement, not The, Ġ, <mask>, Ġstatement, so a masked prompt has the token layout of the text it
+    masks. It is set on the backend's added token, so it survives `save_pretrained` / `from_pretrained`.
 
     >>> tok = train_tokenizer(["a tiny corpus", "of two documents"], vocab_size=300, num_sentinels=2)
     >>> tok.eos_token, tok.mask_token, tok.convert_ids_to_tokens(tok("tiny")["input_ids"])[:1]
     ('</s>', '<mask>', ['t'])
+    >>> tok.convert_ids_to_tokens(tok("a <mask>")["input_ids"])  # no Ġ (space) token before the mask
+    ['a', '<mask>']
     """
-    specials = [PAD, BOS, EOS, UNK, MASK, *mode_tokens, *(sentinel_token(i) for i in range(num_sentinels))]
+    # The trainer adds the special tokens to the backend; only the backend's AddedToken flags take effect (the
+    # wrapper's own mask_token does not change a token the backend already has).
+    mask = AddedToken(MASK, lstrip=True, rstrip=False, normalized=False, special=True)
+    specials = [PAD, BOS, EOS, UNK, mask, *mode_tokens, *(sentinel_token(i) for i in range(num_sentinels))]
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     if vocab_size < len(specials) + len(alphabet):
         raise ValueError(
@@ -62,7 +72,7 @@ def train_tokenizer(
         eos_token=EOS,
         pad_token=PAD,
         unk_token=UNK,
-        mask_token=MASK,
+        mask_token=mask,
         additional_special_tokens=[*mode_tokens, *(sentinel_token(i) for i in range(num_sentinels))],
         clean_up_tokenization_spaces=False,
     )
@@ -83,10 +93,16 @@ def load_tokenizer(name_or_path: str, **kwargs) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def _has_token(tokenizer: PreTrainedTokenizerBase, name: str) -> bool:
+    if name == "eos_token":  # the document separator of packed blocks: eos, or [SEP] in BERT-style tokenizers
+        return tokenizer.eos_token is not None or getattr(tokenizer, "sep_token", None) is not None
+    return getattr(tokenizer, name, None) is not None
+
+
 def check_special_tokens(tokenizer: PreTrainedTokenizerBase, objective) -> None:
     """Raise a ValueError naming the missing tokens when `tokenizer` cannot serve `objective` (an `ObjectiveSpec`:
     its `required_tokens` are attribute names such as "mask_token", `needs_sentinels` the T5 sentinels)."""
-    missing = [name for name in objective.required_tokens if getattr(tokenizer, name, None) is None]
+    missing = [name for name in objective.required_tokens if not _has_token(tokenizer, name)]
     if objective.needs_sentinels and tokenizer.convert_tokens_to_ids(sentinel_token(0)) in (
         None,
         tokenizer.unk_token_id,

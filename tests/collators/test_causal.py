@@ -151,3 +151,93 @@ def test_errors(tokenizer):
             collator([{"input_ids": [1, 2], "attention_mask": [1]}])
         with pytest.raises(ValueError, match="labels"):
             collator([{"input_ids": [1, 2], "labels": [1, 2, 3]}])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Keys beyond input_ids / attention_mask / labels: padded or stacked and passed through, never dropped silently
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_extra_keys_are_padded_or_stacked(tokenizer):
+    tok = copy.deepcopy(tokenizer)
+    tok._pad_token_type_id = 1  # token_type_ids pad with the tokenizer's value
+    pad = tok.pad_token_id
+    features = [
+        {"input_ids": [300, 301, 302], "token_type_ids": [0, 0, 1], "weights": [0.5, 1.0, 2.0], "keep": [True] * 3,
+         "label": 3, "score": 0.25, "target": [1, 2], "offsets": [[0, 1], [1, 3], [4, 5]]},
+        {"input_ids": [303], "token_type_ids": [0], "weights": [1.5], "keep": [False],
+         "label": torch.tensor(4), "score": np.float64(0.5), "target": (3, 4), "offsets": [[0, 2]]},
+    ]  # fmt: skip
+    batch = DataCollatorForCausalLM(tok, pad_to_multiple_of=4)(features)
+    assert batch["input_ids"].tolist() == [[300, 301, 302, pad], [303, pad, pad, pad]]
+    assert batch["token_type_ids"].tolist() == [[0, 0, 1, 1], [0, 1, 1, 1]]
+    assert batch["weights"].dtype == torch.float32
+    assert batch["weights"].tolist() == [[0.5, 1.0, 2.0, 0.0], [1.5, 0.0, 0.0, 0.0]]
+    assert batch["keep"].dtype == torch.bool and batch["keep"].tolist() == [[True] * 3 + [False], [False] * 4]
+    assert batch["label"].tolist() == [3, 4] and batch["label"].dtype == torch.int64
+    assert batch["score"].tolist() == [0.25, 0.5] and batch["score"].dtype == torch.float32
+    assert batch["target"].tolist() == [[1, 2], [3, 4]]  # one fixed-size value per example: (B, 2)
+    assert batch["offsets"].shape == (2, 4, 2)  # per token with a trailing dimension
+    assert batch["offsets"].tolist()[1] == [[0, 2], [0, 0], [0, 0], [0, 0]]
+    assert batch["labels"].tolist() == [[300, 301, 302, -100], [303, -100, -100, -100]]
+    assert sorted(features[0]) == sorted(["input_ids", "token_type_ids", "weights", "keep", "label", "score",
+                                          "target", "offsets"])  # fmt: skip
+
+
+def test_extra_keys_in_padding_free_batches(tokenizer):
+    pad = tokenizer.pad_token_id
+    features = [
+        {"input_ids": [300, 301, pad], "attention_mask": [1, 1, 0], "token_type_ids": [0, 1, 1], "label": 1},
+        {"input_ids": [302, 303], "attention_mask": [1, 1], "token_type_ids": [0, 0], "label": 0},
+    ]
+    batch = DataCollatorForCausalLM(tokenizer, padding_free=True, return_tensors="np")(features)
+    assert isinstance(batch["input_ids"], np.ndarray) and isinstance(batch["max_length_q"], int)
+    assert batch["input_ids"].tolist() == [[300, 301, 302, 303]]
+    assert batch["token_type_ids"].tolist() == [[0, 1, 0, 0]]  # flattened like input_ids, pre-padding dropped
+    assert batch["label"].tolist() == [1, 0]  # one per document (D,)
+    with pytest.raises(ValueError, match="'position_ids', which padding_free=True builds itself"):
+        DataCollatorForCausalLM(tokenizer, padding_free=True)([{"input_ids": [1, 2], "position_ids": [0, 1]}])
+
+
+def test_tokenizer_only_outputs_are_dropped_as_in_transformers(tokenizer):
+    encodings = [tokenizer(t, return_special_tokens_mask=True, return_offsets_mapping=True) for t in ("ab", "a")]
+    batch = DataCollatorForCausalLM(tokenizer)(encodings)
+    assert sorted(batch) == ["attention_mask", "input_ids", "labels"]
+
+
+@pytest.mark.parametrize(
+    ("features", "message"),
+    [
+        ([{"input_ids": [1, 2], "text": "ab"}, {"input_ids": [3], "text": "c"}], "'text' holds strings"),
+        ([{"input_ids": [1, 2], "x": None}, {"input_ids": [3], "x": None}], "'x' holds None"),
+        ([{"input_ids": [1, 2], "x": [1, None]}, {"input_ids": [3], "x": [2]}], "'x' holds None"),
+        (
+            [{"input_ids": [1, 2], "x": [1, 2, 3]}, {"input_ids": [3], "x": [1, 2]}],
+            "'x' is neither one value per token",
+        ),
+        ([{"input_ids": [1, 2], "x": [1, 2]}, {"input_ids": [3], "x": 4}], "'x' is neither one value per token"),
+        ([{"input_ids": [1, 2], "x": 1}, {"input_ids": [3]}], "Only some features have a 'x' entry"),
+        ([{"input_ids": [1, 2], "x": [[1], [2, 3]]}, {"input_ids": [3], "x": [[4]]}], "'x'"),
+        ([{"input_ids": [1, 2]}, [3]], "all of one kind"),
+        ([{"input_ids": [1, 2]}, "text"], "all of one kind"),
+    ],
+)
+def test_extra_keys_that_cannot_be_batched_are_named(tokenizer, features, message):
+    for padding_free in (False, True):
+        with pytest.raises(ValueError, match=message):
+            DataCollatorForCausalLM(tokenizer, padding_free=padding_free)(features)
+
+
+def test_return_tensors_np_for_every_step(tokenizer):
+    features = [[300, 301, 302], [303]]
+    collator = DataCollatorForCausalLM(tokenizer, return_tensors="np")
+    collated = collator.collate(features)
+    assert isinstance(collated["input_ids"], np.ndarray) and "labels" not in collated
+    labelled = collator.add_labels(collated)
+    assert isinstance(labelled["labels"], np.ndarray) and labelled["labels"].dtype == np.int64
+    assert labelled["labels"].tolist() == collator(features)["labels"].tolist() == [[300, 301, 302], [303, -100, -100]]
+    torch_batch = DataCollatorForCausalLM(tokenizer)(features)
+    for key, value in torch_batch.items():
+        assert value.dtype == torch.from_numpy(labelled[key]).dtype and torch.equal(
+            value, torch.from_numpy(labelled[key])
+        )

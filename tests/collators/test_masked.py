@@ -641,3 +641,58 @@ def test_bad_features_raise(tokenizer, features, name):
     for padding_free in (False, True):
         with pytest.raises(ValueError, match=name):
             DataCollatorForMaskedLM(tokenizer, padding_free=padding_free)(features)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Keys beyond the masking ones: passed through, consumed, or replaced; never dropped silently
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_extra_keys_pass_through_padded_and_packed(tokenizer):
+    a, b, c = plain_ids(tokenizer)[:3].tolist()
+    features = [
+        {"input_ids": [a, b, c], "token_type_ids": [0, 1, 1], "next_sentence_label": 1, "labels": [7, 7, 7]},
+        {"input_ids": [c], "token_type_ids": [1], "next_sentence_label": 0, "labels": [7]},
+    ]
+    collator = DataCollatorForMaskedLM(tokenizer, mlm_probability=1.0, mask_replace_prob=1.0, random_replace_prob=0)
+    batch = collator(features)
+    assert sorted(batch) == ["attention_mask", "input_ids", "labels", "next_sentence_label", "token_type_ids"]
+    assert batch["token_type_ids"].tolist() == [[0, 1, 1], [1, 0, 0]]
+    assert batch["next_sentence_label"].tolist() == [1, 0]
+    assert batch["labels"].tolist() == [[a, b, c], [c, -100, -100]]  # given labels replaced by the masking's
+    packed = DataCollatorForMaskedLM(
+        tokenizer, mlm_probability=1.0, mask_replace_prob=1.0, random_replace_prob=0, padding_free=True
+    )(features)
+    assert packed["token_type_ids"].tolist() == [[0, 1, 1, 1]]
+    assert packed["next_sentence_label"].tolist() == [1, 0]  # one per document (D,)
+    assert packed["labels"].tolist() == [[a, b, c, c]]
+
+
+def test_block_index_is_consumed_with_or_without_a_schedule(tokenizer):
+    features = [
+        {"input_ids": f["input_ids"], "block_index": i} for i, f in enumerate(random_features(tokenizer, 2, 7, 7))
+    ]
+    collator = DataCollatorForMaskedLM(tokenizer, seed=0)
+    assert "block_index" not in collator(features)  # no model input; without a schedule it selects nothing
+    assert "block_index" not in collator.collate(features)
+    collator.set_masking_schedule(lambda step: 1.0)
+    assert collator.collate(features)["block_index"].tolist() == [0, 1]
+    batch = collator(features)
+    assert "block_index" not in batch and (batch["labels"][:, 1:-1] != -100).all()  # the schedule's rate 1
+
+
+def test_return_tensors_np_for_every_step(tokenizer):
+    features = random_features(tokenizer, 3, 4, 12, seed=20)
+    np_collator = DataCollatorForMaskedLM(tokenizer, mlm_probability=0.5, seed=1, return_tensors="np")
+    pt_collator = DataCollatorForMaskedLM(tokenizer, mlm_probability=0.5, seed=1)
+    collated = np_collator.collate(features)
+    assert isinstance(collated["special_tokens_mask"], np.ndarray) and collated["special_tokens_mask"].dtype == bool
+    masked = np_collator.mask_tokens(collated)  # a numpy batch in, numpy out
+    expected = pt_collator(features)
+    assert sorted(masked) == sorted(expected)
+    for key, value in expected.items():
+        assert isinstance(masked[key], np.ndarray) and masked[key].dtype == value.numpy().dtype, key
+        assert masked[key].tolist() == value.tolist(), key
+    assert torch.equal(pt_collator.mask_tokens(collated)["labels"], expected["labels"])  # numpy in, torch out
+    packed = DataCollatorForMaskedLM(tokenizer, padding_free=True, seed=1, return_tensors="np")(features)
+    assert packed["cu_seq_lens_q"].dtype == np.int32 and isinstance(packed["max_length_k"], int)

@@ -50,3 +50,21 @@ def test_missing_tokens_are_named_per_objective(tokenizer):
     check_special_tokens(without_mask, get_objective("clm"))  # eos and pad are all causal LM needs
     with pytest.raises(ValueError, match="objective must be one of"):
         get_objective("nope")
+
+
+def test_mask_token_strips_the_space_before_it_and_survives_save_and_load(tmp_path):
+    tok = train_tokenizer(["The first statement", "the second statement"] * 4, vocab_size=400, num_sentinels=2)
+    text = "The <mask> statement"
+    expected = ["The", "<mask>", "\u0120statement"]  # not The, Ġ, <mask>, Ġstatement
+    assert tok.convert_ids_to_tokens(tok(text)["input_ids"]) == expected
+    # tokenize() spells an added token by the text it matched: tokenizers 0.23 includes the stripped space.
+    assert [token.strip() for token in tok.tokenize(text)] == expected
+    assert tok.added_tokens_decoder[tok.mask_token_id].lstrip
+    tok.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert loaded.added_tokens_decoder[loaded.mask_token_id].lstrip
+    assert loaded.convert_ids_to_tokens(loaded(text)["input_ids"]) == expected
+    assert loaded(text)["input_ids"] == tok(text)["input_ids"]
+    # Only the mask strips: other special tokens keep the space before them as a token.
+    sentinel = loaded.convert_ids_to_tokens(loaded("The <extra_id_0>")["input_ids"])
+    assert sentinel == ["The", "\u0120", "<extra_id_0>"]
