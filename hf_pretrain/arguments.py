@@ -63,8 +63,12 @@ class ModelArguments:
     tokenizer_training_documents: int = field(
         default=100_000, metadata={"help": "At most this many training documents are used to train the tokenizer."}
     )
-    attn_implementation: str = field(
-        default="sdpa", metadata={"help": "Attention kernel: 'sdpa', 'eager', 'flash_attention_2', ..."}
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={
+            "help": "Attention kernel: 'sdpa', 'eager', 'flash_attention_2', ... Unset: sdpa where the architecture "
+            "has it, else eager (resolved once, written to resolved_config.yaml)."
+        },
     )
     lora_rank: int | None = field(
         default=None, metadata={"help": "Continue pretraining with a LoRA adapter of this rank (peft); unset: full."}

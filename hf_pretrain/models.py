@@ -1,7 +1,8 @@
 """Model presets and construction: build a model from a named config, or load a checkpoint to continue pretraining.
 
-Presets are plain `AutoConfig` kwargs, so anything a preset sets can be overridden field by field
-(`config_overrides`), and any architecture transformers knows can be built by naming its `model_type`.
+Presets (`hf_pretrain.presets`) are plain `AutoConfig` kwargs, so anything a preset sets can be overridden field
+by field (`config_overrides`), and any architecture transformers knows can be built by naming its `model_type`.
+Which Auto class builds a run's model is the family registry's answer (`hf_pretrain.model_families`).
 """
 
 from __future__ import annotations
@@ -9,81 +10,48 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoModelForMaskedLM,
-    AutoModelForSeq2SeqLM,
-    PretrainedConfig,
-    PreTrainedModel,
-)
+from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 
+from hf_pretrain.model_families import ENCODER_DECODER, decoder_equivalent, family_of
 from hf_pretrain.modeling_masked_llama import register_masked_llama
+from hf_pretrain.presets import MODEL_PRESETS, preset_settings  # noqa: F401  (MODEL_PRESETS: re-exported)
 
 register_masked_llama()  # AutoModelForMaskedLM knows Llama-style decoders from here on
 
-_LLAMA = {"model_type": "llama", "hidden_act": "silu", "rms_norm_eps": 1e-5, "tie_word_embeddings": False}
-_T5 = {"model_type": "t5", "feed_forward_proj": "gated-gelu", "dropout_rate": 0.0}
-
-MODEL_PRESETS: dict[str, dict[str, Any]] = {
-    # ~0.3M non-embedding parameters: unit tests and smoke runs.
-    "llama-tiny": {
-        **_LLAMA,
-        "hidden_size": 64,
-        "intermediate_size": 256,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 512,
-    },
-    # ~1.6M non-embedding parameters: the CPU quickstart.
-    "llama-mini": {
-        **_LLAMA,
-        "hidden_size": 128,
-        "intermediate_size": 512,
-        "num_hidden_layers": 4,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 4,
-        "max_position_embeddings": 1024,
-    },
-    # ~85M non-embedding parameters (GPT-2 small / BERT-base scale): a first real GPU run.
-    "llama-small": {
-        **_LLAMA,
-        "hidden_size": 768,
-        "intermediate_size": 2048,
-        "num_hidden_layers": 12,
-        "num_attention_heads": 12,
-        "num_key_value_heads": 12,
-        "max_position_embeddings": 2048,
-    },
-    "t5-tiny": {
-        **_T5,
-        "d_model": 64,
-        "d_kv": 16,
-        "d_ff": 256,
-        "num_layers": 2,
-        "num_decoder_layers": 2,
-        "num_heads": 4,
-    },
-    "t5-small": {**_T5, "d_model": 512, "d_kv": 64, "d_ff": 1024, "num_layers": 8, "num_heads": 6},
+# Config fields that name special tokens, and the tokenizer tokens that fill them (the first one it has): BERT-style
+# [CLS]/[SEP] stand in for bos/eos in WordPiece tokenizers, and bos/eos for [CLS]/[SEP] in byte-level ones.
+_SPECIAL_IDS = {
+    "pad_token_id": ("pad_token",),
+    "bos_token_id": ("bos_token", "cls_token"),
+    "eos_token_id": ("eos_token", "sep_token"),
+    "cls_token_id": ("cls_token", "bos_token"),
+    "sep_token_id": ("sep_token", "eos_token"),
+    "mask_token_id": ("mask_token",),
 }
+_OWN_FIELDS = ("cls_token_id", "sep_token_id", "mask_token_id")  # set only where the architecture has the field
+
+
+def _special_ids(config: PretrainedConfig, tokenizer) -> dict[str, int]:
+    ids = {}
+    for field, tokens in _SPECIAL_IDS.items():
+        if field in _OWN_FIELDS and not hasattr(config, field):
+            continue
+        token_id = next((getattr(tokenizer, f"{t}_id") for t in tokens if getattr(tokenizer, t, None)), None)
+        if token_id is not None:
+            ids[field] = token_id
+    return ids
 
 
 def build_config(preset: str, tokenizer, overrides: dict[str, Any] | None = None) -> PretrainedConfig:
     """A config from a preset and overrides, with the vocabulary and special-token ids of `tokenizer`."""
-    if preset not in MODEL_PRESETS:
-        raise ValueError(f"model_preset={preset!r} is unknown; choose one of {sorted(MODEL_PRESETS)}.")
-    kwargs = {**MODEL_PRESETS[preset], **(overrides or {})}
-    model_type = kwargs.pop("model_type")
-    kwargs.update(
-        vocab_size=len(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    if model_type == "t5":
-        kwargs["decoder_start_token_id"] = tokenizer.pad_token_id  # T5 convention: the decoder starts from pad
-    return AutoConfig.for_model(model_type, **kwargs)
+    kwargs = preset_settings(preset, overrides)
+    config = AutoConfig.for_model(kwargs.pop("model_type"), **kwargs)
+    config.vocab_size = len(tokenizer)
+    for field, token_id in _special_ids(config, tokenizer).items():
+        setattr(config, field, token_id)
+    if family_of(config).kind == ENCODER_DECODER:
+        config.decoder_start_token_id = tokenizer.pad_token_id  # T5 convention: the decoder starts from pad
+    return config
 
 
 def is_encoder_decoder(config: PretrainedConfig) -> bool:
@@ -95,28 +63,36 @@ def max_positions(config: PretrainedConfig) -> int | None:
     return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
 
 
-def _auto_class(config: PretrainedConfig, masked_decoder: bool):
-    if is_encoder_decoder(config):
-        return AutoModelForSeq2SeqLM
-    return AutoModelForMaskedLM if masked_decoder else AutoModelForCausalLM
+def _auto_class(config: PretrainedConfig, masked: bool):
+    family = family_of(config)
+    family.prepare(config, masked)
+    return family.auto_class(masked)
 
 
 def build_model(
     config: PretrainedConfig, attn_implementation: str | None = None, masked_decoder: bool = False
 ) -> PreTrainedModel:
-    """A freshly initialised model for `config`: causal LM, a decoder with a masked-LM head (`masked_decoder`),
-    or seq2seq for encoder-decoder configs."""
+    """A freshly initialised model for `config`: causal LM, masked LM (`masked_decoder`: the run has a masked-LM
+    phase; an encoder is always a masked LM), or seq2seq for encoder-decoder configs."""
     return _auto_class(config, masked_decoder).from_config(config, attn_implementation=attn_implementation)
 
 
 def load_model(
-    name_or_path: str, attn_implementation: str | None = None, masked_decoder: bool = False, **kwargs
+    name_or_path: str,
+    attn_implementation: str | None = None,
+    masked_decoder: bool = False,
+    as_decoder: bool = False,
+    **kwargs,
 ) -> PreTrainedModel:
     """A pretrained checkpoint (Hub id or folder) to continue pretraining from. A causal-LM checkpoint loads into
-    a masked-LM decoder as is (same parameter names): the study's continued MLM pretraining from CLM."""
+    a masked-LM decoder as is (same parameter names): the study's continued MLM pretraining from CLM. With
+    `as_decoder`, an encoder checkpoint whose backbone is a decoder's (EuroBERT: Llama) loads as that decoder.
+    `kwargs` go to `AutoConfig.from_pretrained` (config fields such as `sparse_prediction`)."""
     config = AutoConfig.from_pretrained(name_or_path, **kwargs)
+    if as_decoder:
+        config = decoder_equivalent(config)
     auto_class = _auto_class(config, masked_decoder)
-    return auto_class.from_pretrained(name_or_path, attn_implementation=attn_implementation, **kwargs)
+    return auto_class.from_pretrained(name_or_path, config=config, attn_implementation=attn_implementation)
 
 
 def add_lora(model: PreTrainedModel, rank: int, alpha: float, target_modules: str | list[str] = "all-linear"):

@@ -14,6 +14,8 @@ import torch
 
 from hf_pretrain.collators import IGNORE_INDEX, DataCollatorForCausalLM, DataCollatorForMaskedLM
 
+_MASKING_ONLY = ("special_tokens_mask", "word_ids", "offset_mapping", "block_index")
+
 
 def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
     """Causal-LM labels in the unshifted convention: target[t] = labels[t + 1]; the last position has none.
@@ -58,8 +60,8 @@ class MultiObjectiveCollator:
         self._views = [(name, views[name]) for name in self.phases]
 
     def _causal_view(self, collated: Mapping) -> dict:
-        # block_index is there only for the masked view's rate schedule: it is no model input.
-        view = {k: v for k, v in collated.items() if k not in ("special_tokens_mask", "word_ids", "block_index")}
+        # Columns only the masking transform reads (block_index: its rate schedule): no model inputs.
+        view = {k: v for k, v in collated.items() if k not in _MASKING_ONLY}
         view = self.causal.add_labels(view)  # labels: the inputs, -100 at padding
         view["labels"] = next_token_targets(view["labels"])
         return view

@@ -29,12 +29,10 @@ from hf_pretrain.collators import (
     DataCollatorForSpanCorruption,
     DataCollatorForUL2,
 )
+from hf_pretrain.model_families import DECODER, ENCODER, ENCODER_DECODER, KIND_NAMES, family_of, masked_lm_error
 from hf_pretrain.objective_views import MultiObjectiveCollator
 
 ATTENTIONS = ("causal", "bidirectional", "prefix", "encoder_decoder")
-DECODER, ENCODER_DECODER = "decoder", "encoder_decoder"
-_KIND_NAMES = {DECODER: "decoder-only", ENCODER_DECODER: "encoder-decoder"}
-MASKED_DECODER_TYPES = ("llama",)  # model types with a registered masked-LM head (hf_pretrain.modeling_masked_llama)
 # Attention implementations that take a custom 4D mask, and the form each consumes (eager adds the mask to the
 # scores, so it needs the additive float form; a boolean mask there would add 0/1 and mask nothing).
 MASK_FORMATS = {"sdpa": "bool", "eager": "additive"}
@@ -46,7 +44,7 @@ class Phase:
 
     name: str
     attention: str  # one of ATTENTIONS; "prefix" = causal model + a 4D prefix mask from the collator
-    masked_decoder: bool = False  # the model is a decoder with a masked-LM head (LlamaForMaskedLM)
+    masked_lm: bool = False  # the model has a masked-LM head: an encoder's own, or ours on a decoder's backbone
     unshifted_labels: bool = False  # labels[t] is the target at position t (the masked-decoder convention)
     metric: str = "perplexity"  # "perplexity" (exp of the loss) or "mlm_accuracy" (counted from the logits)
     label: str = ""  # short name in model cards and logs
@@ -63,11 +61,11 @@ PHASES: dict[str, Phase] = {
     for phase in (
         Phase("clm", "causal", label="CLM", description=_CLM),
         # The first phase of clm_then_mlm: causal attention, next-token labels in the masked-decoder convention.
-        Phase("clm_unshifted", "causal", masked_decoder=True, unshifted_labels=True, label="CLM", description=_CLM),
+        Phase("clm_unshifted", "causal", masked_lm=True, unshifted_labels=True, label="CLM", description=_CLM),
         Phase(
             "mlm",
             "bidirectional",
-            masked_decoder=True,
+            masked_lm=True,
             unshifted_labels=True,
             metric="mlm_accuracy",
             label="MLM",
@@ -103,7 +101,7 @@ class ObjectiveSpec:
     name: str
     description: str  # model-card wording
     phase_names: tuple[str, ...]
-    model_kinds: tuple[str, ...]  # DECODER and/or ENCODER_DECODER
+    model_kinds: tuple[str, ...]  # the model families' kinds it trains: DECODER, ENCODER, ENCODER_DECODER
     collator: Callable[[CollatorContext], object]
     required_tokens: tuple[str, ...] = ("eos_token", "pad_token")
     needs_sentinels: bool = False  # T5 sentinel tokens <extra_id_N>
@@ -116,9 +114,9 @@ class ObjectiveSpec:
         return tuple(PHASES[name] for name in self.phase_names)
 
     @property
-    def masked_decoder(self) -> bool:
-        """Whether the model must be a decoder with a masked-LM head (LlamaForMaskedLM) for the whole run."""
-        return any(phase.masked_decoder for phase in self.phases)
+    def masked_lm(self) -> bool:
+        """Whether the model needs a masked-LM head for the whole run (an encoder's own, or ours on a decoder)."""
+        return any(phase.masked_lm for phase in self.phases)
 
     def uses_4d_mask(self, decoder_only: bool) -> bool:
         """Whether the collator sends a custom (B, 1, T, T) mask (prefix-style attention on a decoder)."""
@@ -201,7 +199,7 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
             "mlm",
             "masked language modelling, bidirectional attention",
             ("mlm",),
-            (DECODER,),
+            (ENCODER, DECODER),
             _mlm_collator,
             required_tokens=("eos_token", "pad_token", "mask_token"),
             hyperparameters=(*_MASKING, "whole_word_mask"),
@@ -252,22 +250,19 @@ def get_objective(name: str) -> ObjectiveSpec:
 
 def check_model_fits_objective(spec: ObjectiveSpec, config, attn_implementation: str, args) -> None:
     """Stop before any work when the model cannot run the objective; the message says what would."""
-    kind = ENCODER_DECODER if getattr(config, "is_encoder_decoder", False) else DECODER
-    model_type = getattr(config, "model_type", "?")
-    if kind not in spec.model_kinds:
-        needed = " or ".join(_KIND_NAMES[k] for k in spec.model_kinds)
-        raise ValueError(f"objective={spec.name!r} needs a {needed} model; {model_type} is an {_KIND_NAMES[kind]}.")
-    if kind == DECODER and spec.decoder_flag and not getattr(args, spec.decoder_flag):
+    family = family_of(config)
+    if family.kind not in spec.model_kinds:
+        needed = " or ".join(KIND_NAMES[k] for k in spec.model_kinds)
+        hint = "; an encoder trains with objective: mlm" if family.kind == ENCODER else ""
+        raise ValueError(f"objective={spec.name!r} needs {needed}; {family.model_type} is {family.description}{hint}.")
+    if family.kind == DECODER and spec.decoder_flag and not getattr(args, spec.decoder_flag):
         raise ValueError(
             f"objective={spec.name!r} on a decoder-only model needs {spec.decoder_flag}: true (inputs then "
             "targets in one sequence, bidirectional over the inputs), or an encoder-decoder model_preset."
         )
-    if spec.masked_decoder and model_type not in MASKED_DECODER_TYPES:
-        raise ValueError(
-            f"objective={spec.name!r} needs a decoder that can be made bidirectional with a masked-LM head; "
-            f"supported model types: {MASKED_DECODER_TYPES}, got {model_type!r}."
-        )
-    if spec.uses_4d_mask(kind == DECODER) and attn_implementation not in MASK_FORMATS:
+    if spec.masked_lm and (error := masked_lm_error(config, spec.name)):
+        raise ValueError(error)
+    if spec.uses_4d_mask(family.kind == DECODER) and attn_implementation not in MASK_FORMATS:
         raise ValueError(
             f"objective={spec.name!r} on a decoder-only model passes a 4D prefix mask, which "
             f"attn_implementation={attn_implementation!r} cannot take; use one of {tuple(MASK_FORMATS)}."

@@ -15,6 +15,7 @@ by `parse_config`) and a `resolved_run:` section with the derived settings, whic
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
@@ -29,16 +30,17 @@ from hf_pretrain.arguments import DataArguments, ModelArguments, PretrainingArgu
 from hf_pretrain.checkpoint_state import phases_from_checkpoint, read_json, schedule_from_checkpoint
 from hf_pretrain.cli import RESOLVED_SECTION, format_config
 from hf_pretrain.data.build import data_path
-from hf_pretrain.models import MODEL_PRESETS, max_positions
+from hf_pretrain.eurobert_export import eurobert_compatible
+from hf_pretrain.model_families import DECODER, decoder_equivalent, family_of, resolve_attention
+from hf_pretrain.models import max_positions
 from hf_pretrain.objectives import (
-    DECODER,
-    ENCODER_DECODER,
     MASK_FORMATS,
     ObjectivePlan,
     ObjectiveSpec,
     check_model_fits_objective,
     get_objective,
 )
+from hf_pretrain.presets import preset_settings
 from hf_pretrain.run_layout import RESOLVED_CONFIG_FILE
 from hf_pretrain.schedules import WSDSchedule, cooldown_schedule, resolve_steps, wsd_schedule
 from hf_pretrain.training.distributed import check_deepspeed_config, resolve_global_batch
@@ -54,7 +56,7 @@ class ResolvedRun:
     model_source: str  # "preset", "checkpoint" or "cooldown"
     model_path: str | None
     model_type: str
-    model_kind: str  # DECODER or ENCODER_DECODER
+    model_kind: str  # DECODER, ENCODER or ENCODER_DECODER (hf_pretrain.model_families)
     source_is_causal: bool | None  # what the source's config.json says (None: it does not say)
     attn_implementation: str
     mask_format: str | None  # "bool" (sdpa) or "additive" (eager) when the collator sends a 4D mask, else None
@@ -71,6 +73,8 @@ class ResolvedRun:
     phases: tuple[tuple[int, str], ...] | None = None  # (first step, phase) of the objective plan
     attention: tuple[tuple[int, str], ...] | None = None  # (first step, attention) of each phase
     schedule: WSDSchedule | None = None  # None: the run uses another transformers scheduler
+    save_format: str = "transformers"  # "eurobert": the masked result is written as a native EuroBERT checkpoint
+    load_as_decoder: bool = False  # an encoder checkpoint (EuroBERT) continues as the decoder it is (Llama)
 
     @property
     def spec(self) -> ObjectiveSpec:
@@ -97,8 +101,8 @@ class ResolvedRun:
 def source_config(model_args: ModelArguments):
     """The model's config, from the checkpoint or the preset, without building the model or a tokenizer."""
     if model_args.model_name_or_path:
-        return AutoConfig.from_pretrained(model_args.model_name_or_path)
-    settings = {**MODEL_PRESETS[model_args.model_preset], **model_args.config_overrides}
+        return AutoConfig.from_pretrained(model_args.model_name_or_path, **model_args.config_overrides)
+    settings = preset_settings(model_args.model_preset, model_args.config_overrides)
     return AutoConfig.for_model(settings.pop("model_type"), **settings)
 
 
@@ -164,6 +168,21 @@ def _with_plan(run: ResolvedRun, total_steps: int, training_args) -> ResolvedRun
     )
 
 
+def save_format(spec: ObjectiveSpec, config, model_args: ModelArguments) -> str:
+    """How the final model is written: "eurobert" when the run ends bidirectional on a masked Llama that EuroBERT
+    expresses exactly (it then loads with transformers alone, no remote code), else "transformers" (the model's own
+    class: a native encoder, a causal LM, or a masked decoder with its modeling file)."""
+    ends_masked = spec.phases[-1].attention == "bidirectional" and family_of(config).kind == DECODER
+    if not ends_masked or model_args.lora_rank:  # a LoRA result is the merged model of its base's class
+        return "transformers"
+    masked = copy.deepcopy(config)
+    masked.is_causal, masked.architectures = False, None  # what the trained model's config will say
+    reason = eurobert_compatible(masked)
+    if reason is not None:
+        logger.info("The masked model is saved in its own format, not EuroBERT's: %s.", reason)
+    return "eurobert" if reason is None else "transformers"
+
+
 def _held_out(data_args: DataArguments, path: str) -> str | None:
     """How the held-out split is made, or None when the run holds nothing out."""
     if data_args.validation_files:
@@ -194,9 +213,13 @@ def resolve_run(model_args: ModelArguments, data_args: DataArguments, training_a
             "block_size, or raise max_position_embeddings through config_overrides (new models only)."
         )
     spec = get_objective(training_args.objective)
-    attn = model_args.attn_implementation
+    as_decoder = family_of(config).kind not in spec.model_kinds and decoder_equivalent(config) is not None
+    if as_decoder:  # e.g. CLM on a EuroBERT checkpoint: its weights are a Llama decoder's
+        logger.info("%s continues as the %s decoder it is.", model_args.model_name_or_path, config.model_type)
+        config = decoder_equivalent(config)
+    attn = model_args.attn_implementation = resolve_attention(config, model_args.attn_implementation)
     check_model_fits_objective(spec, config, attn, training_args)
-    kind = ENCODER_DECODER if getattr(config, "is_encoder_decoder", False) else DECODER
+    kind = family_of(config).kind
 
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and training_args.parallel_mode != ParallelMode.DISTRIBUTED:
@@ -259,6 +282,8 @@ def resolve_run(model_args: ModelArguments, data_args: DataArguments, training_a
         remove_unused_columns=training_args.remove_unused_columns,
         resume_from=resume_from,
         total_steps=None,
+        save_format=save_format(spec, config, model_args),
+        load_as_decoder=as_decoder,
     )
     if training_args.max_steps > 0:
         run = _with_plan(run, training_args.max_steps, training_args)

@@ -140,7 +140,9 @@ def test_the_model_card_describes_the_run(hub, published):
         "`train_loss`" in text and "`eval_loss`" in text and "![Training and evaluation loss](loss_curve.png)" in text
     )
     assert "| `step4-tokens1.02K` | 4 | 1,024 |" in text
-    assert 'AutoModelForMaskedLM.from_pretrained("tester/tiny", trust_remote_code=True)' in text
+    # A masked Llama is published in the native EuroBERT format: no remote code, and the card says so.
+    assert 'AutoModelForMaskedLM.from_pretrained("tester/tiny")' in text and "trust_remote_code" not in text
+    assert "Saved in the native EuroBERT format" in text
     # The CLM checkpoint before the switch loads as a causal LM, with no remote code.
     step2 = hub.files("tester/tiny", "step2-tokens512")["README.md"].decode()
     assert 'AutoModelForCausalLM.from_pretrained("tester/tiny", revision="step2-tokens512")' in step2

@@ -181,9 +181,15 @@ def _causal_probe(folder):
 def test_failure_1_a_masked_checkpoint_continued_with_clm_trains_and_saves_a_causal_model(
     corpus, checkpoints, tmp_path
 ):
-    # A masked folder loaded as a causal LM is causal (before: is_causal: false made LlamaForCausalLM bidirectional).
-    _causal_probe(checkpoints["mlm"])
-    assert json.loads(pathlib.Path(checkpoints["mlm"], "config.json").read_text()).get("is_causal", True) is not False
+    # A masked result is saved as EuroBERT, which no causal class reads (before: is_causal: false made the
+    # LlamaForCausalLM that loaded a masked folder silently bidirectional); with the recipe it continues as the
+    # Llama decoder it is, made causal.
+    from transformers import AutoModelForCausalLM
+
+    saved = json.loads(pathlib.Path(checkpoints["mlm"], "config.json").read_text())
+    assert saved["model_type"] == "eurobert" and "is_causal" not in saved
+    with pytest.raises(ValueError, match="Unrecognized configuration class"):
+        AutoModelForCausalLM.from_pretrained(checkpoints["mlm"])
     for flag in ("--model_name_or_path", "--cooldown_from"):
         out = tmp_path / flag.strip("-")
         pretrain.main([*TINY, *data_argv(corpus, "classic"), "--objective", "clm", "--max_steps", "2", flag, checkpoints["mlm"], "--output_dir", str(out)])  # fmt: skip
@@ -194,9 +200,15 @@ def test_failure_1_a_masked_checkpoint_continued_with_clm_trains_and_saves_a_cau
 
 def test_failure_1_an_old_masked_checkpoint_that_says_is_causal_false_is_made_causal(corpus, checkpoints, tmp_path):
     old = tmp_path / "old_format"
-    from transformers import AutoModelForMaskedLM
+    from transformers import AutoConfig
 
-    AutoModelForMaskedLM.from_pretrained(checkpoints["mlm"]).save_pretrained(old)
+    from hf_pretrain.model_families import decoder_equivalent
+    from hf_pretrain.modeling_masked_llama import LlamaForMaskedLM
+
+    # The format masked Llamas had before they were saved as EuroBERT: LlamaForMaskedLM with its modeling file.
+    config = decoder_equivalent(AutoConfig.from_pretrained(checkpoints["mlm"]))
+    LlamaForMaskedLM.from_pretrained(checkpoints["mlm"], config=config).save_pretrained(old)
+    assert json.loads((old / "config.json").read_text())["architectures"] == ["LlamaForMaskedLM"]
     config = json.loads((old / "config.json").read_text())
     config["is_causal"] = False  # what checkpoints written before the fix say
     (old / "config.json").write_text(json.dumps(config))

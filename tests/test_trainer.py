@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from _runs import REPO, pretrain, train_logs
+from _runs import REPO, pretrain, train_logs, wordpiece_bert
 from _runs import log_history as history
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
@@ -79,9 +79,10 @@ def test_switch_changes_loss_attention_and_saves_the_boundary(switched_run):
     assert os.path.isdir(os.path.join(switched_run, "checkpoint-6"))  # the boundary checkpoint
     with open(os.path.join(switched_run, "checkpoint-6", "config.json")) as handle:
         assert json.load(handle)["is_causal"] is True  # saved after the last CLM step, before the switch
-    # The final model is bidirectional and loads for masked-LM inference through the Auto class.
+    # The final model is bidirectional and loads for masked-LM inference through the Auto class, with transformers'
+    # own EuroBERT class (a masked Llama is written in that format), and the logits show it: position 0 sees the end.
     model = AutoModelForMaskedLM.from_pretrained(switched_run).eval()
-    assert model.config.is_causal is False
+    assert type(model).__name__ == "EuroBertForMaskedLM"
     ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
     changed = ids.clone()
     changed[0, -1] = 11
@@ -156,6 +157,12 @@ def test_every_recipe_config_trains(tmp_path, config):
         pretrain.main([os.path.join(REPO, "recipes", "configs", "clm_wsd.yaml"), *CONFIG_OVERRIDES,
                        "--output_dir", source, "--save_steps", "2"])  # fmt: skip
         extra = ["--cooldown_from", os.path.join(source, "checkpoint-2")]
+    if config == "dapt_encoder.yaml":  # a local BERT checkpoint with its own WordPiece tokenizer, on local text
+        corpus = tmp_path / "domain.txt"
+        corpus.write_text("\n\n".join(["the cells divide and the tissue grows.", "a protein folds into shape."] * 40))
+        wordpiece_bert(tmp_path / "bert", corpus.read_text().split("\n\n"))
+        extra = ["--model_name_or_path", str(tmp_path / "bert"), "--data_files", str(corpus), "--block_size", "32"]
+        extra += ["--validation_fraction", "0.2"]  # a held-out set of at least one block
     out = str(tmp_path / "run")
     metrics = pretrain.main([path, *CONFIG_OVERRIDES, *extra, "--output_dir", out])
     losses = [e["loss"] for e in history(out) if "loss" in e]
@@ -166,7 +173,10 @@ def test_every_recipe_config_trains(tmp_path, config):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--objective", "mlm", "--model_preset", "t5-tiny"], "needs a decoder-only model"),
+        (
+            ["--objective", "mlm", "--model_preset", "t5-tiny"],
+            "needs an encoder or a decoder-only model; t5 is an encoder-decoder",
+        ),
         (["--objective", "span_corruption"], "needs span_decoder_only: true"),
         (["--objective", "prefix_lm", "--attn_implementation", "flash_attention_2"], "4D prefix mask"),
         (["--max_steps", "10", "--warmup_steps", "6", "--decay_steps", "5"], "exceeds total_steps=10"),

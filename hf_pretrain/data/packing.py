@@ -1,4 +1,5 @@
-"""Tokenize documents and pack them into fixed-length blocks, an EOS after every document.
+"""Tokenize documents and pack them into fixed-length blocks, each document framed by its tokenizer's special tokens
+(an EOS after every document at least).
 
 Unlike the `group_texts` of transformers' examples, which drops a remainder in every 1,000-row map batch, the
 whole token stream is concatenated (an Arrow `list_flatten`, no Python loop) and cut once: only the final partial
@@ -25,16 +26,38 @@ logger = logging.getLogger(__name__)
 TOKENIZE_BATCH_SIZE = 4096  # documents per encode_batch call: fewer thread-pool round trips
 
 
-def encode_with_eos(tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids of `texts`, each followed by EOS, as one flat int32 array (N,) and the lengths (D,).
+def document_frame(tokenizer) -> tuple[list[int], list[int]]:
+    """The special tokens around each document in a packed stream: (prefix ids, suffix ids).
+
+    The tokenizer's own template for one sequence decides (what `tokenizer(text)` adds): `[CLS] … [SEP]` for
+    BERT's WordPiece, `<s> … </s>` for RoBERTa, `<|begin_of_text|> …` for Llama 3, nothing for GPT-2 or a
+    tokenizer trained here. The suffix always ends with a document separator: the template's own when it ends in
+    eos or [SEP], else the eos token (or [SEP]) is appended, so documents never run into each other.
+    """
+    separator = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    if separator is None:
+        raise ValueError(
+            f"{type(tokenizer).__name__} has neither an eos_token nor a sep_token; packing needs one to separate "
+            "documents: add one with tokenizer.add_special_tokens({'eos_token': ...})."
+        )
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    framed = tokenizer("a", add_special_tokens=True)["input_ids"]
+    at = next((i for i in range(len(framed) - len(plain) + 1) if framed[i : i + len(plain)] == plain), None)
+    prefix, suffix = ([], []) if at is None else (framed[:at], framed[at + len(plain) :])
+    if not suffix or suffix[-1] not in (tokenizer.eos_token_id, tokenizer.sep_token_id):
+        suffix = [*suffix, separator]
+    return list(prefix), list(suffix)
+
+
+def encode_documents(tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids of `texts`, each in its `document_frame` (at least an EOS after it), as one flat int32 array (N,)
+    and the framed lengths (D,).
 
     Fast tokenizers go straight to the Rust `encode_batch_fast` (parallel over the batch, no character offsets):
     the `tokenizer(...)` call builds a `BatchEncoding` of Python lists on top of `encode_batch`, which costs about
     as much as the encoding itself.
     """
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise ValueError("The tokenizer has no eos_token; packing needs it to separate documents.")
+    prefix, suffix = document_frame(tokenizer)
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # tokenizers < 0.20: no _fast
@@ -43,8 +66,18 @@ def encode_with_eos(tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray
         ids = tokenizer(texts, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
     lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
     flat = np.fromiter(chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum()))
-    flat = np.insert(flat, np.cumsum(lengths), eos)  # the EOS after each document, one vectorized insert
-    return flat, lengths + 1
+    # Lay each document out as prefix + tokens + suffix in one preallocated array: index arithmetic, no loop.
+    framed_lengths = lengths + len(prefix) + len(suffix)  # (D,)
+    starts = np.cumsum(framed_lengths) - framed_lengths  # (D,) first position of each framed document
+    out = np.empty(int(framed_lengths.sum()), dtype=np.int32)
+    document = np.repeat(np.arange(len(lengths)), lengths)  # (N,) document of each token
+    within = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # (N,) offset in its document
+    out[starts[document] + len(prefix) + within] = flat
+    for i, token in enumerate(prefix):
+        out[starts + i] = token
+    for i, token in enumerate(suffix):
+        out[starts + len(prefix) + lengths + i] = token
+    return out, framed_lengths
 
 
 def _token_lists(flat: np.ndarray, lengths: np.ndarray) -> pa.ListArray:
@@ -56,14 +89,13 @@ def _token_lists(flat: np.ndarray, lengths: np.ndarray) -> pa.ListArray:
 def tokenize_documents(
     documents: Dataset | IterableDataset, tokenizer, text_column: str = "text", num_proc: int | None = None
 ) -> Dataset | IterableDataset:
-    """Each document becomes its token ids followed by EOS (the document separator of packed blocks)."""
-    if tokenizer.eos_token_id is None:
-        raise ValueError("The tokenizer has no eos_token; packing needs it to separate documents.")
+    """Each document becomes its token ids in its `document_frame` (EOS, or the tokenizer's own template)."""
+    document_frame(tokenizer)  # fails now, naming the missing separator, rather than inside a map worker
 
     if isinstance(documents, IterableDataset):
 
         def tokenize_lists(batch):
-            flat, lengths = encode_with_eos(tokenizer, batch[text_column])
+            flat, lengths = encode_documents(tokenizer, batch[text_column])
             return {"input_ids": np.split(flat, np.cumsum(lengths)[:-1])}
 
         return documents.map(tokenize_lists, batched=True, remove_columns=documents.column_names)
@@ -75,7 +107,7 @@ def tokenize_documents(
         )
 
     def tokenize(table: pa.Table) -> pa.Table:  # Arrow in, Arrow out: no per-token Python objects
-        flat, lengths = encode_with_eos(tokenizer, table.column(text_column).to_pylist())
+        flat, lengths = encode_documents(tokenizer, table.column(text_column).to_pylist())
         return pa.table({"input_ids": _token_lists(flat, lengths)})
 
     tokenized = documents.with_format("arrow").map(

@@ -32,7 +32,7 @@ import torch
 from datasets import Dataset, IterableDataset
 
 from hf_pretrain.data.mixing import MixingSchedule
-from hf_pretrain.data.packing import encode_with_eos
+from hf_pretrain.data.packing import encode_documents
 from hf_pretrain.data.quality import DocumentFilter
 
 logger = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ class SourceStream:
                     "data changed since the checkpoint."
                 )
             if kept:
-                flat, lengths = encode_with_eos(self.tokenizer, [text for _, text in kept])
+                flat, lengths = encode_documents(self.tokenizer, [text for _, text in kept])
                 for (index, _), tokens in zip(kept, np.split(flat, np.cumsum(lengths)[:-1])):
                     offset, skip_tokens = skip_tokens, 0  # only the first document after a resume is cut
                     pending.append(_Pending(state_before, index, tokens, offset, start.passes))

@@ -22,6 +22,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForQuestionAnswering, A
 from transformers.modeling_outputs import ModelOutput, SequenceClassifierOutput
 
 from hf_pretrain.losses import info_nce_loss, mean_pool
+from hf_pretrain.model_families import decoder_equivalent
 from hf_pretrain.modeling_masked_llama import set_bidirectional
 
 ATTENTION_MODES = ("auto", "causal", "bidirectional")
@@ -128,19 +129,21 @@ def load_task_model(
         raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}.")
     if kind not in ("sc", "tc", "qa", "ir"):
         raise ValueError(f"task type must be one of sc, tc, qa, ir, got {kind!r}.")
-    if attention == "auto":
-        bidirectional = is_masked_lm(AutoConfig.from_pretrained(name_or_path, revision=revision))
-    else:
-        bidirectional = attention == "bidirectional"
+    config = AutoConfig.from_pretrained(name_or_path, revision=revision, num_labels=num_labels)
+    head_class = {"tc": AutoModelForTokenClassification, "qa": AutoModelForQuestionAnswering}.get(kind)
+    if head_class is not None and type(config) not in head_class._model_mapping and decoder_equivalent(config):
+        # e.g. QA on a EuroBERT checkpoint: transformers has no EuroBERT QA head, but its backbone is a Llama's
+        # (same weights), and Llama has one. The bidirectional attention comes with it.
+        config = decoder_equivalent(config)
+        config.is_causal = False
+    bidirectional = is_masked_lm(config) if attention == "auto" else attention == "bidirectional"
     with quiet_loading():
-        backbone = AutoModel.from_pretrained(name_or_path, revision=revision)
-    if kind in ("tc", "qa"):
+        backbone = AutoModel.from_pretrained(name_or_path, config=config, revision=revision)
+    if head_class is not None:
         # transformers' head on the checkpoint's backbone. Built from the config and given the loaded backbone, not
         # loaded with from_pretrained: LlamaForQuestionAnswering names its backbone `transformer`, so the `model.*`
         # weights of a CLM or MLM checkpoint would silently not load into it.
-        auto_class = AutoModelForTokenClassification if kind == "tc" else AutoModelForQuestionAnswering
-        config = AutoConfig.from_pretrained(name_or_path, revision=revision, num_labels=num_labels)
-        model = auto_class.from_config(config)
+        model = head_class.from_config(config)
         backbone_name = model.base_model_prefix
         setattr(model, backbone_name, backbone)
     else:

@@ -131,6 +131,10 @@ def how_to_load(config: dict, adapter: dict | None = None) -> tuple[str, bool]:
     return "AutoModel", False
 
 
+def _paragraph(text: str) -> str:
+    return f"\n\n{text}" if text else ""
+
+
 def _steps(first: int, last: int | None) -> str:
     if last is None:
         return f"{first:,} onwards"
@@ -284,6 +288,27 @@ def _usage(repo_id: str, config: dict, adapter: dict | None, revision: str | Non
     return f"```python\n{code}\n```{note}"
 
 
+def format_note(config: dict) -> str:
+    """Which format the weights are saved in, in one sentence (masked decoders: native EuroBERT, or remote code).
+
+    >>> format_note({"model_type": "eurobert", "architectures": ["EuroBertForMaskedLM"]})[:44]
+    'Saved in the native EuroBERT format (`model_'
+    """
+    architecture = (config.get("architectures") or [""])[0]
+    if config.get("model_type") == "eurobert":
+        return (
+            "Saved in the native EuroBERT format (`model_type: eurobert`, `EuroBertForMaskedLM`): it loads with "
+            "transformers alone, without remote code, as `AutoModelForMaskedLM`, `AutoModelForSequenceClassification` "
+            'or `AutoModelForTokenClassification`, and in `pipeline("fill-mask")`.'
+        )
+    if config.get("auto_map") and architecture.endswith("ForMaskedLM"):
+        return (
+            f"Saved as `{architecture}` with its modeling file (remote code): transformers has no native masked-LM "
+            f"class this {config.get('model_type')} backbone can be written as."
+        )
+    return ""
+
+
 def _revisions_section(repo_id: str, summary: RunSummary, revisions: list) -> str:
     if not revisions:
         return ""
@@ -327,7 +352,9 @@ def render_model_card(summary: RunSummary, repo_id: str, license: str, revisions
     )
     sections = [
         f"# {repo_id.split('/')[-1]}\n\n{intro}",
-        "## How to use\n\n" + _usage(repo_id, summary.config, summary.adapter),
+        "## How to use\n\n"
+        + _usage(repo_id, summary.config, summary.adapter)
+        + _paragraph(format_note(summary.config)),
         _objectives_section(summary),
         _schedule_section(summary),
         _data_section(summary.resolved),

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from hf_pretrain.collators import prefix_lm_attention_mask
+from hf_pretrain.model_families import DECODER, family_of
 from hf_pretrain.modeling_masked_llama import set_bidirectional
 
 PROBE_LENGTH = 8
@@ -31,8 +32,9 @@ def is_bidirectional(model) -> bool:
 
 
 def set_direction(model, attention: str) -> None:
-    """Make a decoder causal ("causal", "prefix": the prefix comes from the 4D mask) or bidirectional."""
-    if attention == "encoder_decoder":
+    """Make a decoder causal ("causal", "prefix": the prefix comes from the 4D mask) or bidirectional. An encoder is
+    bidirectional by construction and an encoder-decoder has its own masks: nothing to set (the probe still checks)."""
+    if attention == "encoder_decoder" or family_of(_decoder_config(model)).kind != DECODER:
         return
     if (attention == "bidirectional") != is_bidirectional(model):
         set_bidirectional(model, attention == "bidirectional")
@@ -95,7 +97,7 @@ def probe_attention(model, attention: str, attn_implementation: str | None = Non
         if attention == "bidirectional" and moved <= _TOLERANCE:
             raise RuntimeError(
                 f"{type(model).__name__} should be bidirectional, but the first position does not see the last "
-                "token: this architecture ignores is_causal=False; use a decoder with a masked-LM head (Llama)."
+                "token: this architecture ignores is_causal=False; use an encoder or a decoder that honours it."
             )
         return {"first_position_moved": moved}
     finally:

@@ -15,8 +15,10 @@ import logging
 import math
 
 import torch
+import torch.nn.functional as F
 from transformers import Trainer
 
+from hf_pretrain.collators import IGNORE_INDEX
 from hf_pretrain.modeling_masked_llama import masked_lm_accuracy
 from hf_pretrain.objective_views import select_view
 from hf_pretrain.objectives import ObjectivePlan, Phase
@@ -34,6 +36,25 @@ from hf_pretrain.training.throughput import (
 logger = logging.getLogger(__name__)
 
 _MAX_LOG_LOSS = 80.0  # exp(80) ~ 5e34: an untrained-model perplexity stays finite in JSON logs
+
+
+def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+    """Summed cross-entropy at the labelled positions over `num_items_in_batch` (else their count).
+
+    `logits` are dense (B, T, V) for `labels` (B, T), or sparse (M, V) for the M labelled positions in row-major
+    order (the masked decoders' and ModernBERT's `sparse_prediction`).
+    """
+    mask = labels != IGNORE_INDEX  # (B, T)
+    targets = labels[mask]  # (M,)
+    flat = logits[mask.to(logits.device)] if logits.shape[:-1] == labels.shape else logits  # (M, V)
+    if flat.shape[0] != targets.numel():
+        raise ValueError(
+            f"logits {tuple(logits.shape)} match neither labels {tuple(labels.shape)} nor their M labels."
+        )
+    total = F.cross_entropy(flat.float(), targets.to(flat.device), reduction="sum")
+    if num_items_in_batch is None:
+        return total / mask.sum().clamp(min=1).to(total.device)
+    return total / (num_items_in_batch.to(total.device) if torch.is_tensor(num_items_in_batch) else num_items_in_batch)
 
 
 def perplexity(loss: float) -> float:
@@ -176,9 +197,17 @@ class PretrainingTrainer(Trainer):
         if not phase.unshifted_labels or "labels" not in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs["labels"]
-        loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
-        if phase.metric == "mlm_accuracy":
-            self._count_mlm_accuracy(outputs.logits, labels)
+        if phase.metric != "mlm_accuracy":
+            loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+            return (loss, outputs) if return_outputs else loss
+        # Masked LM: one normalisation for every family's head. BERT, RoBERTa, DistilBERT and DeBERTa-v2 return a
+        # local mean that ignores num_items_in_batch although their forward takes **kwargs, so the Trainer would
+        # neither divide it by the accumulation steps nor weight micro-batches by their masked-token counts.
+        outputs = model(**inputs)
+        loss = masked_cross_entropy(outputs.logits, labels, num_items_in_batch)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None and self.model.training:
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())  # as super().compute_loss does
+        self._count_mlm_accuracy(outputs.logits, labels)
         return (loss, outputs) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):

@@ -7,7 +7,7 @@ from datasets import Dataset
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hf_pretrain.data.packing import block_document_lengths, encode_with_eos, pack_blocks, tokenize_documents
+from hf_pretrain.data.packing import block_document_lengths, encode_documents, pack_blocks, tokenize_documents
 
 EOS = 0
 
@@ -58,7 +58,7 @@ def test_tokenize_documents_appends_eos_and_matches_the_tokenizer(tokenizer, tin
     tokenized = tokenize_documents(Dataset.from_dict({"text": tiny_corpus}), tokenizer)
     expected = [tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for t in tiny_corpus]
     assert tokenized["input_ids"] == expected
-    flat, lengths = encode_with_eos(tokenizer, tiny_corpus[:3])
+    flat, lengths = encode_documents(tokenizer, tiny_corpus[:3])
     assert flat.dtype == np.int32 and lengths.tolist() == [len(e) for e in expected[:3]]
 
 
