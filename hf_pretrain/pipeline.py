@@ -11,6 +11,7 @@ checking that they still serialise to what resolved_config.yaml says.
 from __future__ import annotations
 
 import logging
+import os
 
 import datasets
 import transformers
@@ -20,10 +21,13 @@ from hf_pretrain.arguments import DataArguments, ModelArguments, PretrainingArgu
 from hf_pretrain.data.build import build_data
 from hf_pretrain.data.tokenizer import check_special_tokens
 from hf_pretrain.data.training_data import blocks_per_step, total_steps
+from hf_pretrain.eurobert_export import save_eurobert
 from hf_pretrain.hub.publisher import take_over_hub_push
 from hf_pretrain.hub.revisions import hub_revision_callbacks
 from hf_pretrain.hub.run import publish_final_model
 from hf_pretrain.lora_export import save_lora_result
+from hf_pretrain.model_families import DECODER
+from hf_pretrain.modeling_masked_llama import LlamaForMaskedLM
 from hf_pretrain.models import add_lora, build_config, build_model, count_parameters, load_model
 from hf_pretrain.objectives import CollatorContext
 from hf_pretrain.resolve import ResolvedRun, resolve_run, resolved_text, write_resolved
@@ -48,9 +52,15 @@ def log_compute_plan(model, train_blocks, data_args: DataArguments, training_arg
 
 def prepare_model(model_args: ModelArguments, tokenizer, run: ResolvedRun):
     """The model of the run, in the attention of its first phase whatever its source's config says, checked."""
-    masked = run.spec.masked_decoder
-    if model_args.model_name_or_path:
-        model = load_model(model_args.model_name_or_path, run.attn_implementation, masked_decoder=masked)
+    masked = run.spec.masked_lm
+    if model_args.model_name_or_path:  # config_overrides here are config switches, e.g. sparse_prediction: false
+        model = load_model(
+            model_args.model_name_or_path,
+            run.attn_implementation,
+            masked_decoder=masked,
+            as_decoder=run.load_as_decoder,
+            **model_args.config_overrides,
+        )
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tokenizer))
     else:
@@ -73,6 +83,16 @@ def prepare_model(model_args: ModelArguments, tokenizer, run: ResolvedRun):
     return model
 
 
+def rewrite_as_eurobert(output_dir: str, tokenizer) -> None:
+    """Replace the masked Llama saved in `output_dir` by the same network in the native EuroBERT format."""
+    for name in os.listdir(output_dir):
+        if name.endswith(".py"):  # the remote-code modeling file a EuroBERT checkpoint does without
+            os.remove(os.path.join(output_dir, name))
+    masked = LlamaForMaskedLM.from_pretrained(output_dir)
+    save_eurobert(masked, output_dir, tokenizer)
+    logger.info("Saved %s in the native EuroBERT format (EuroBertForMaskedLM, no remote code).", output_dir)
+
+
 def _setup_logging(training_args: PretrainingArguments) -> None:
     """Our messages at INFO on the main process only; transformers and datasets follow `log_level`."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
@@ -83,8 +103,13 @@ def _setup_logging(training_args: PretrainingArguments) -> None:
 
 
 def describe_resolved_run(model_args, data_args, training_args) -> str:
-    """What `--dry_run` prints: the content resolved_config.yaml would have (no data is read, no model built)."""
-    return resolved_text(model_args, data_args, training_args, resolve_run(model_args, data_args, training_args))
+    """What `--dry_run` prints: the content resolved_config.yaml would have, then the run's compute plan
+    (parameters, tokens, FLOPs, GPU-hours) as YAML comments. No data is read and no weights are allocated."""
+    from hf_pretrain.planning.dry_run import dry_run_plan
+
+    run = resolve_run(model_args, data_args, training_args)
+    resolved = resolved_text(model_args, data_args, training_args, run)
+    return f"{resolved}\n{dry_run_plan(model_args, data_args, training_args, run)}"
 
 
 def run_pretraining(model_args: ModelArguments, data_args: DataArguments, training_args: PretrainingArguments):
@@ -131,7 +156,7 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments, traini
         )
     log_compute_plan(model, data.train, data_args, training_args)
 
-    context = CollatorContext(tokenizer, training_args, run.model_kind == "decoder", run.attn_implementation)
+    context = CollatorContext(tokenizer, training_args, run.model_kind == DECODER, run.attn_implementation)
     trainer = PretrainingTrainer(
         model=model,
         args=training_args,
@@ -156,6 +181,10 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments, traini
         trainer.accelerator.wait_for_everyone()
     else:
         trainer.save_model()  # model (safetensors), config, generation config and tokenizer in output_dir
+        if run.save_format == "eurobert":  # rewritten from the saved (gathered) weights: works under ZeRO-3 / FSDP
+            if training_args.should_save:
+                rewrite_as_eurobert(training_args.output_dir, tokenizer)
+            trainer.accelerator.wait_for_everyone()
     metrics = dict(train_result.metrics)
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)

@@ -12,6 +12,7 @@ from hf_pretrain.planning import (
     training_flops,
 )
 from hf_pretrain.planning import __main__ as plan  # python -m hf_pretrain.planning
+from hf_pretrain.presets import MODEL_PRESETS
 
 
 def test_chinchilla_70b_parameters_is_1_4t_tokens():
@@ -67,3 +68,149 @@ def test_cli_prints_the_plan(capsys):
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         PlanArguments(**kwargs)
+
+
+# ---- the compute plan of a dry run (hf_pretrain.planning.dry_run) --------------------------------------------
+
+
+def _preset_config(preset: str, vocab: int | None):
+    from transformers import AutoConfig
+
+    from hf_pretrain.presets import preset_settings
+
+    settings = preset_settings(preset)
+    if vocab is not None:
+        settings["vocab_size"] = vocab
+    return AutoConfig.for_model(settings.pop("model_type"), **settings)
+
+
+def test_meta_count_is_the_hand_count_and_allocates_no_weights(monkeypatch):
+    from hf_pretrain import models
+    from hf_pretrain.planning.dry_run import count_parameters_on_meta
+
+    built = []
+    build_model = models.build_model
+    monkeypatch.setattr(models, "build_model", lambda *a, **k: built.append(build_model(*a, **k)) or built[-1])
+    counts = count_parameters_on_meta(_preset_config("llama-610m", 128_256), masked_decoder=True)
+    assert type(built[0]).__name__ == "LlamaForMaskedLM" and all(p.is_meta for p in built[0].parameters())
+    hidden, layers, inter, kv_dim = 1152, 26, 4096, 6 * 64
+    body = layers * (2 * hidden * hidden + 2 * hidden * kv_dim + 3 * hidden * inter + 2 * hidden) + hidden
+    embedding = 128_256 * hidden
+    assert (counts.total, counts.non_embedding, counts.embedding, counts.head) == (
+        body + 2 * embedding, body, embedding, embedding
+    )  # fmt: skip
+    assert counts.matmul == body + embedding and not counts.head_tied  # the head is a matmul, the lookup is not
+
+
+def test_a_tied_head_is_counted_once_and_positions_are_embeddings():
+    from hf_pretrain.planning.dry_run import count_parameters_on_meta
+
+    config = _preset_config("gpt2-tiny", 1000)  # GPT-2: tied head, learned positions (512 x 64)
+    counts = count_parameters_on_meta(config)
+    assert counts.head_tied and counts.head == 1000 * 64 and counts.embedding == (1000 + 512) * 64
+    assert counts.non_embedding == counts.total - counts.embedding
+    # The trainer's MFU count (throughput.flop_counted_parameters): all but the token lookup, the tied head added
+    # back; the position table stays in it, as the trainer counts it.
+    assert counts.matmul == counts.total - 1000 * 64 + counts.head == counts.total
+
+
+def _plan(**changes):
+    from hf_pretrain.planning.dry_run import BatchShape, DryRunPlan, ParameterCounts, Vocabulary
+
+    fields = {
+        "parameters": ParameterCounts(total=1_000, embedding=200, head=200, head_tied=False, matmul=800),
+        "vocabulary": Vocabulary(100, "assumed"),
+        "batch": BatchShape(world_size=4, per_device=2, accumulation=3, block_size=16),
+        "steps": 10,
+        "flops_per_token": 5_000.0,
+        "mfu": 0.5,
+        "peak_flops": 1e6,
+        "gpu": "a test GPU",
+    }
+    return DryRunPlan(**{**fields, **changes})
+
+
+def test_dry_run_plan_arithmetic():
+    plan = _plan(phases=((0, "clm"), (4, "mlm")), schedule="WSD: 1 warmup, 8 stable, 1 linear decay")
+    assert plan.batch.tokens_per_step == 4 * 2 * 3 * 16 and plan.tokens == 10 * 384
+    assert plan.parameters.non_embedding == 600 and plan.flops_6nd == pytest.approx(6 * 1_000 * 3_840)
+    assert plan.flops == pytest.approx(5_000 * 3_840)
+    assert plan.gpu_hours == pytest.approx(5_000 * 3_840 / (1e6 * 0.5) / 3600)
+    assert plan.wall_hours == pytest.approx(plan.gpu_hours / 4)  # the world size the batch was resolved for
+    text = plan.describe()
+    assert all(line.startswith("#") for line in text.splitlines())  # YAML comments: the dry run still loads
+    assert "384 tokens per step = world size 4 x 2 per device x 3 accumulation x 16 tokens" in text
+    assert "steps 0-3: 4 steps, 1,536 tokens" in text and "steps 4-9: 6 steps, 2,304 tokens" in text
+    assert "10 (WSD: 1 warmup, 8 stable, 1 linear decay)" in text and "at 50% MFU on a test GPU" in text
+
+
+def test_a_run_by_epochs_plans_what_it_can():
+    plan = _plan(steps=None)
+    assert plan.tokens is None and plan.flops is None and plan.gpu_hours is None
+    text = plan.describe()
+    assert "known once the data is read" in text and "GPU-hours" not in text and "1,000 total" in text
+
+
+def test_the_vocabulary_comes_from_the_tokenizer_the_run_will_load(tmp_path, tokenizer):
+    from types import SimpleNamespace
+
+    from hf_pretrain.planning.dry_run import planned_vocabulary
+
+    folder = str(tmp_path / "tok")
+    tokenizer.save_pretrained(folder)
+    size = len(tokenizer)
+
+    def model_args(**kwargs):
+        return SimpleNamespace(
+            **{"tokenizer_name_or_path": None, "model_name_or_path": None, "tokenizer_vocab_size": 4096, **kwargs}
+        )
+
+    data_args = SimpleNamespace(prepared_dataset_path=None)
+    given = planned_vocabulary(model_args(tokenizer_name_or_path=folder), data_args, None, None)
+    assert given.size == size and "tokenizer_name_or_path" in given.source
+    assumed = planned_vocabulary(model_args(), data_args, str(tmp_path / "fresh"), None)
+    assert assumed.size == 4096 and assumed.source.startswith("assumed: tokenizer_vocab_size")
+    missing = planned_vocabulary(model_args(tokenizer_name_or_path=str(tmp_path / "none")), data_args, None, None)
+    assert missing.size == 4096 and "did not load here" in missing.source
+    # A checkpoint keeps its embeddings unless its tokenizer is larger (then they are resized to the tokenizer).
+    larger = planned_vocabulary(model_args(model_name_or_path=folder), data_args, None, size + 10)
+    assert larger.size == size + 10 and "the checkpoint's vocab_size" in larger.source
+    assert planned_vocabulary(model_args(model_name_or_path=folder), data_args, None, size - 10).size == size
+    # A resumed run reuses the tokenizer it trained into output_dir.
+    tokenizer.save_pretrained(str(tmp_path / "run" / "tokenizer"))
+    assert planned_vocabulary(model_args(), data_args, str(tmp_path / "run"), None).size == size
+
+
+def test_the_plan_of_a_resolved_run_uses_the_stated_peak(tmp_path):
+    import os
+
+    from _runs import REPO
+
+    from hf_pretrain import DataArguments, ModelArguments, PretrainingArguments, parse_config
+    from hf_pretrain.planning.dry_run import plan_run
+    from hf_pretrain.resolve import resolve_run
+
+    config = os.path.join(REPO, "recipes/configs/quickstart.yaml")
+    argv = [config, "--output_dir", str(tmp_path / "run"), "--peak_flops_per_device", "1e15"]
+    args = parse_config((ModelArguments, DataArguments, PretrainingArguments), argv)
+    run = resolve_run(*args)
+    plan = plan_run(*args, run)
+    assert plan.peak_flops == 1e15 and "peak_flops_per_device" in plan.describe()
+    assert plan.steps == 300 and plan.vocabulary.size == 4096 and plan.parameters.matmul > 0
+    with pytest.raises(ValueError, match="mfu must be in"):
+        plan_run(*args, run, mfu=0)
+    with pytest.raises(ValueError, match="gpu='TPU' has no known peak"):
+        args[2].peak_flops_per_device = None
+        plan_run(*args, run, gpu="TPU")
+
+
+@pytest.mark.parametrize("preset", sorted(MODEL_PRESETS))
+def test_every_preset_is_counted_on_the_meta_device(preset):
+    from hf_pretrain.model_families import family_of
+    from hf_pretrain.planning.dry_run import count_parameters_on_meta, with_vocabulary
+
+    # A small vocabulary: the preset's default special-token ids (ModernBERT pads with 50,283) lie past its end.
+    config = with_vocabulary(_preset_config(preset, None), 600)
+    for masked in (False, True) if family_of(config).masked_lm else (False,):
+        counts = count_parameters_on_meta(config, masked_decoder=masked)
+        assert 0 < counts.non_embedding < counts.total and counts.embedding >= 600 * 16
