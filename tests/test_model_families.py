@@ -265,3 +265,57 @@ def test_lora_continued_pretraining_of_an_encoder_saves_the_merged_encoder(tmp_p
     )
     with open(os.path.join(out, "adapter", "adapter_config.json")) as handle:
         assert json.load(handle)["base_model_name_or_path"] == os.path.abspath(source)
+
+
+# ---- one loss normalisation for every masked-LM head -----------------------------------------------------------
+
+
+# BERT's own dropout would draw differently for a batch of 8 and two of 4: switched off to compare exactly.
+NO_DROPOUT = {"bert-tiny": '{"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}', "llama-tiny": "{}"}
+
+
+@pytest.mark.parametrize("preset", ["bert-tiny", "llama-tiny"])
+def test_masked_lm_with_accumulation_trains_like_the_whole_batch(tmp_path, corpus_file, preset):
+    # BERT's head returns a local mean and ignores num_items_in_batch although its forward takes **kwargs: left to
+    # the Trainer, 2 accumulated micro-batches would log (and step with) twice the loss of the whole batch.
+    runs = {}
+    for name, batch, accumulation in (("whole", "8", "1"), ("accumulated", "4", "2")):
+        out = str(tmp_path / name)
+        sgd = ["--optim", "sgd", "--learning_rate", "0.5", "--warmup_steps", "0", "--decay_steps", "1"]
+        pretrain.main(
+            [*SMALL, "--model_preset", preset, "--objective", "mlm", "--data_files", corpus_file, "--max_steps", "3"]
+            + ["--config_overrides", NO_DROPOUT[preset], "--per_device_train_batch_size", batch]
+            + ["--gradient_accumulation_steps", accumulation, "--logging_steps", "1", *sgd, "--output_dir", out]
+        )  # fmt: skip
+        runs[name] = [entry["loss"] for entry in train_logs(out).values()]
+    assert runs["accumulated"] == pytest.approx(runs["whole"], rel=1e-4), runs
+
+
+def test_dense_logits_switch_gives_compute_metrics_b_t_v_logits(tokenizer):
+    from transformers import TrainingArguments  # noqa: F401  (the trainer's own arguments class is ours)
+
+    from hf_pretrain import PretrainingArguments, PretrainingTrainer
+    from hf_pretrain.collators import DataCollatorForMaskedLM
+    from hf_pretrain.models import build_model
+
+    shapes = []
+
+    def compute_metrics(prediction):
+        shapes.append(prediction.predictions.shape)
+        return {}
+
+    blocks = [{"input_ids": tokenizer(text)["input_ids"][:12]} for text in CORPUS[:8]]
+    for sparse in (True, False):
+        config = build_config("llama-tiny", tokenizer, {"sparse_prediction": sparse})
+        model = build_model(config, masked_decoder=True)
+        args = PretrainingArguments(
+            output_dir="/tmp/unused", objective="mlm", per_device_eval_batch_size=8, report_to=[], use_cpu=True
+        )
+        collator = DataCollatorForMaskedLM(tokenizer, mlm_probability=0.5, seed=0)
+        trainer = PretrainingTrainer(
+            model=model, args=args, eval_dataset=blocks, data_collator=collator, compute_metrics=compute_metrics
+        )
+        metrics = trainer.evaluate()
+        assert 0.0 <= metrics["eval_mlm_accuracy"] <= 1.0
+    sparse_shape, dense_shape = shapes
+    assert len(sparse_shape) == 2 and dense_shape == (8, 12, len(tokenizer)), shapes  # (M, V), then (B, T, V)
