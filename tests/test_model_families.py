@@ -177,6 +177,19 @@ def test_encoders_train_mlm_and_load_with_transformers_alone(tmp_path, corpus_fi
     assert word in corpus_tokens, result.stdout  # a token of the text it learned, not a special or byte piece
 
 
+@pytest.mark.parametrize("preset", ["roberta-tiny", "distilbert-tiny", "deberta-v2-tiny"])
+def test_more_encoders_train_mlm(tmp_path, corpus_file, preset):
+    out = str(tmp_path / preset)
+    pretrain.main(
+        [*SMALL, "--model_preset", preset, "--objective", "mlm", "--data_files", corpus_file, "--max_steps", "30"]
+        + ["--output_dir", out]
+    )
+    (loss_0, loss_1), (accuracy_0, accuracy_1) = first_last(out), first_last(out, "mlm_accuracy")
+    print(f"{preset}: loss {loss_0:.3f} -> {loss_1:.3f}, mlm_accuracy {accuracy_0:.3f} -> {accuracy_1:.3f}")
+    assert loss_1 < loss_0 - 1.0 and accuracy_1 > accuracy_0, (loss_0, loss_1, accuracy_0, accuracy_1)
+    assert type(AutoModelForMaskedLM.from_pretrained(out)).__name__.lower().startswith(preset.split("-")[0])
+
+
 # ---- continued pretraining of an encoder with its own tokenizer -----------------------------------------------
 
 
@@ -244,6 +257,8 @@ def test_clm_then_mlm_on_qwen2_probes_the_attention_at_the_switch(tmp_path, corp
     assert any("Step 0: causal" in m for m in probes) and any("Step 10: bidirectional" in m for m in probes), probes
     logs = log_history(out)
     assert any("mlm_accuracy" in entry for entry in logs)
+    losses = [entry["loss"] for entry in train_logs(out).values()]
+    print(f"qwen2-tiny CLM->MLM: loss {losses[0]:.3f} (CLM, step 10) -> {losses[-1]:.3f} (MLM, step 20)")
     assert saved_config(out)["architectures"] == ["Qwen2ForMaskedLM"]
 
 
