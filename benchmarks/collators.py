@@ -35,6 +35,7 @@ from _timing import format_table, interleaved_medians  # noqa: E402
 from transformers import DataCollatorForLanguageModeling, DataCollatorWithFlattening  # noqa: E402
 
 from hf_pretrain.collators import DataCollatorForCausalLM, DataCollatorForMaskedLM  # noqa: E402
+from hf_pretrain.data.packing import block_document_lengths  # noqa: E402
 from hf_pretrain.data.tokenizer import train_tokenizer  # noqa: E402
 
 HEADERS = ["collator", "batch shape", "ms/batch (ours)", "Mtok/s (ours)", "baseline ms/batch", "speed-up"]
@@ -175,7 +176,31 @@ def clm_rows(ctx: Context) -> list[Row]:
     return rows
 
 
-ROWS: list[Callable[[Context], list[Row]]] = [mlm_rows, mlm_variant_rows, clm_rows]
+def with_document_lengths(features: Sequence[dict], mean_length: int = 300, seed: int = 0) -> list[dict]:
+    """The blocks with `document_lengths` as packing makes them: documents of 1..2 * mean_length tokens cut at
+    block ends (`block_document_lengths`), so a 512-token block holds ~2-3 pieces and a 4096-token one ~14."""
+    block = len(features[0]["input_ids"])
+    rng = np.random.default_rng(seed)
+    documents = rng.integers(1, 2 * mean_length, 4 * block * len(features) // mean_length + 8)
+    pieces = block_document_lengths(documents, block, len(features)).to_pylist()
+    return [{**f, "document_lengths": p} for f, p in zip(features, pieces)]
+
+
+def document_rows(ctx: Context) -> list[Row]:
+    """The cost of document isolation: the same blocks with and without `document_lengths` (the baseline)."""
+    tok = ctx.tokenizer
+    rows = []
+    for label, collator in [
+        ("MLM + document_lengths (vs without)", DataCollatorForMaskedLM(tok, seed=0)),
+        ("CLM + document_lengths (vs without)", DataCollatorForCausalLM(tok)),
+    ]:
+        for b, t in [(64, 512), (8, 4096)]:
+            plain = ctx.blocks(b, t)
+            rows.append(ctx.measure(label, f"{b} x {t}", collator, collator, with_document_lengths(plain), plain))
+    return rows
+
+
+ROWS: list[Callable[[Context], list[Row]]] = [mlm_rows, mlm_variant_rows, clm_rows, document_rows]
 
 
 def _six_columns(row: Row) -> Row:

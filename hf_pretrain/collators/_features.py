@@ -27,6 +27,7 @@ from collections.abc import Collection, Mapping, Sequence
 import numpy as np
 import torch
 
+from ._documents import DOCUMENT_COLUMNS, DOCUMENT_KEY, PADDING_DOCUMENT_ID, document_pieces, padded_document_columns
 from ._padding import _flatten_int32_lists, flatten, lengths_of, pad_flat, pad_rows
 
 # Optional columns that may hold None (a fast tokenizer's `word_ids()` marks special tokens with None): they are
@@ -211,11 +212,15 @@ def collate_padded(
     optional: Mapping[str, int],
     pad_values: Mapping[str, int] | None = None,
     exclude: Collection[str] = (),
+    documents: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Right-padded batch: `input_ids` (B, T) int64, `attention_mask` (B, T) int64 and every `optional` column that
     the features carry, padded with the value `optional` gives for it. Every other key but those in `exclude`
     passes through (see the module docstring): per-token columns padded to (B, T, ...) with `pad_values[key]`
-    (default 0), per-example values stacked to (B, ...)."""
+    (default 0), per-example values stacked to (B, ...).
+
+    With `documents=True`, features' `document_lengths` are consumed into `position_ids` and `document_ids`
+    (B, T) int64 (`_documents`); document_ids is -1 wherever attention_mask is 0."""
     features = as_features(features)
     rows = column(features, "input_ids")
     input_ids, lengths = pad_rows(rows, pad_id, pad_to_multiple_of)  # (B, T), (B,)
@@ -225,6 +230,14 @@ def collate_padded(
     if given is not None:
         attention &= pad_rows(given, 0, pad_to_multiple_of)[0] != 0
     batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention.astype(np.int64))}
+    document_rows = _document_rows(features) if documents else None
+    if document_rows is not None:
+        pieces, counts = document_pieces(document_rows, lengths)  # (P,), (B,)
+        position_ids, document_ids = padded_document_columns(pieces, counts, lengths, pad_to_multiple_of)  # (B, T)
+        if given is not None:  # tokens a given mask hides belong to no document
+            document_ids = np.where(attention, document_ids, PADDING_DOCUMENT_ID)
+        batch["position_ids"], batch["document_ids"] = torch.from_numpy(position_ids), torch.from_numpy(document_ids)
+        exclude = (*exclude, DOCUMENT_KEY)
     for key, pad_value in optional.items():
         key_rows = _optional_rows(features, key, lengths)
         if key_rows is None:
@@ -244,7 +257,7 @@ def collate_padded(
 
 
 def collate_packed(
-    features: Sequence[Mapping], optional: Sequence[str], exclude: Collection[str] = ()
+    features: Sequence[Mapping], optional: Sequence[str], exclude: Collection[str] = (), documents: bool = False
 ) -> dict[str, torch.Tensor | int]:
     """Padding-free batch, the convention of transformers' `DataCollatorWithFlattening(return_flash_attn_kwargs=True)`:
     `input_ids` and `position_ids` (1, N) int64 with positions restarting at 0 for each document, `cu_seq_lens_q/k`
@@ -254,10 +267,16 @@ def collate_packed(
 
     Tokens whose given `attention_mask` is 0 (pre-padded features) are dropped, so a right-padded feature packs
     exactly like its unpadded self.
+
+    With `documents=True`, a feature's `document_lengths` split it: each piece is a document of its own (in
+    `cu_seq_lens`, `position_ids`, and its per-example values, repeated), exactly as if the pieces were features.
     """
     features = as_features(features)
     rows = column(features, "input_ids")
     flat, lengths = flatten(rows)  # (N,), (D,)
+    document_rows = _document_rows(features) if documents else None
+    if document_rows is not None:
+        exclude = (*exclude, DOCUMENT_KEY)
     columns = {}
     for key in optional:
         key_rows = _optional_rows(features, key, lengths)
@@ -271,6 +290,9 @@ def collate_packed(
         per_token, values = _extra_column(features, key, lengths)
         (columns if per_token else per_example)[key] = values
     given = _optional_rows(features, "attention_mask", lengths)
+    if document_rows is not None:
+        lengths, counts = document_pieces(document_rows, lengths)  # (D,) = (P,) pieces, (B,) pieces per feature
+        per_example = {key: np.repeat(values, counts, axis=0) for key, values in per_example.items()}
     if given is not None:
         keep = flatten(given)[0] != 0  # (N,)
         if not keep.all():
@@ -294,6 +316,16 @@ def collate_packed(
     for key, values in per_example.items():
         batch[key] = torch.from_numpy(values)
     return batch
+
+
+def _document_rows(features: Sequence[Mapping]) -> list | None:
+    """The features' `document_lengths`, or None; refuses features that also carry a column built from them."""
+    rows = column(features, DOCUMENT_KEY, required=False)
+    if rows is not None:
+        for key in DOCUMENT_COLUMNS:
+            if any(key in f for f in features):
+                raise ValueError(f"Features carry both 'document_lengths' and '{key}', which is built from it.")
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from ._documents import document_starts
 from ._features import (
     as_features,
     check_return_tensors,
@@ -67,6 +68,13 @@ class DataCollatorForCausalLM:
     >>> packed = DataCollatorForCausalLM(tok, padding_free=True)([{"input_ids": [60, 61, 2]}, {"input_ids": [70, 2]}])
     >>> packed["labels"].tolist(), packed["position_ids"].tolist(), packed["cu_seq_lens_q"].tolist()
     ([[-100, 61, 2, -100, 2]], [[0, 1, 2, 0, 1]], [0, 3, 5])
+    >>> blocks = [{"input_ids": [60, 2, 70, 71, 2], "document_lengths": [2, 3]},
+    ...           {"input_ids": [72, 2], "document_lengths": [2]}]
+    >>> block = collator(blocks)  # 70 is not predicted from the first document
+    >>> block["labels"].tolist()
+    [[60, 2, -100, 71, 2], [72, 2, -100, -100, -100]]
+    >>> block["position_ids"].tolist(), block["document_ids"].tolist()  # padding: positions continue, document -1
+    ([[0, 1, 0, 1, 2], [0, 1, 2, 3, 4]], [[0, 0, 1, 1, 1], [0, 0, -1, -1, -1]])
     >>> batch = DataCollatorForCausalLM(tok, return_tensors="np")([[60, 61, 2], [70, 2]])  # plain lists of ids
     >>> type(batch["labels"]).__name__, batch["labels"].tolist()
     ('ndarray', [[60, 61, 2], [70, 2, -100]])
@@ -99,7 +107,7 @@ class DataCollatorForCausalLM:
     def _collate(self, features: Sequence) -> dict[str, torch.Tensor | int]:
         features = as_features(features)
         if self.padding_free:
-            return collate_packed(features, optional=("labels",), exclude=_DROPPED_KEYS)
+            return collate_packed(features, optional=("labels",), exclude=_DROPPED_KEYS, documents=True)
         pad_type = int(getattr(self.tokenizer, "pad_token_type_id", 0) or 0)
         return collate_padded(
             features,
@@ -108,10 +116,12 @@ class DataCollatorForCausalLM:
             optional={"labels": IGNORE_INDEX},
             pad_values={"token_type_ids": pad_type},
             exclude=_DROPPED_KEYS,
+            documents=True,
         )
 
     def add_labels(self, batch: Mapping) -> dict:
-        """Labels for a collated batch: the inputs (or the given labels), -100 at padding / documents' first tokens."""
+        """Labels for a collated batch: the inputs (or the given labels), -100 at padding and at documents' first
+        tokens (from `cu_seq_lens_q` padding-free, else from `document_ids` when the batch has them)."""
         return to_return_tensors(self._add_labels(batch), self.return_tensors)
 
     def _add_labels(self, batch: Mapping) -> dict[str, torch.Tensor | int]:
@@ -123,7 +133,10 @@ class DataCollatorForCausalLM:
         if is_packed(batch):
             starts = torch.as_tensor(batch["cu_seq_lens_q"])[:-1].long()  # (D,) flat index of each document start
             labels[0, starts[starts < labels.shape[1]]] = IGNORE_INDEX
-        elif "attention_mask" in batch:
-            labels.masked_fill_(torch.as_tensor(batch["attention_mask"]) == 0, IGNORE_INDEX)
+        else:
+            if "attention_mask" in batch:
+                labels.masked_fill_(torch.as_tensor(batch["attention_mask"]) == 0, IGNORE_INDEX)
+            if "document_ids" in batch:  # packed blocks: no document is predicted from the one before it
+                labels.masked_fill_(torch.from_numpy(document_starts(batch["document_ids"])), IGNORE_INDEX)
         batch["labels"] = labels
         return batch

@@ -145,6 +145,11 @@ class DataCollatorForMaskedLM:
     (`next_sentence_label`, `sentence_order_label`) stacked to (B,). Padding-free, per-token columns are flattened
     to (1, N) and per-example values stacked to (D,), one per document.
 
+    Packed blocks that carry `document_lengths` (piece lengths summing to the row length) get `position_ids`
+    (B, T) restarting at 0 per document and `document_ids` (B, T) (0, 1, ... per row, -1 at padding) for the
+    trainer's block-diagonal mask; the key itself is consumed and the masks are the same as without it.
+    Padding-free, each piece is a document of its own, masked as the piece alone would be.
+
     `__call__(features)` is `mask_tokens(collate(features))`; `collate` is the neutral padding step and
     `mask_tokens` the transform, usable on any already-collated batch (e.g. at the training step).
 
@@ -254,7 +259,7 @@ class DataCollatorForMaskedLM:
     def _collate(self, features: Sequence) -> dict[str, torch.Tensor | int]:
         features = as_features(features)
         if self.padding_free:
-            batch = collate_packed(features, optional=_TRANSFORM_KEYS, exclude=self._consumed)
+            batch = collate_packed(features, optional=_TRANSFORM_KEYS, exclude=self._consumed, documents=True)
         else:
             batch = collate_padded(
                 features,
@@ -263,13 +268,17 @@ class DataCollatorForMaskedLM:
                 optional={"special_tokens_mask": 1, "word_ids": -1},
                 pad_values=self._pad_values,
                 exclude=self._consumed,
+                documents=True,
             )
         special = self._special_of(batch["input_ids"].numpy())  # (B, T) or (1, N) bool
         if "special_tokens_mask" in batch:
             special |= batch["special_tokens_mask"].numpy() != 0
         batch["special_tokens_mask"] = torch.from_numpy(special)
         if self._masking_schedule is not None and features and all("block_index" in f for f in features):
-            batch["block_index"] = torch.tensor([int(f["block_index"]) for f in features], dtype=torch.int64)
+            block_index = np.array([int(f["block_index"]) for f in features], dtype=np.int64)  # (B,)
+            if self.padding_free and "document_lengths" in features[0]:  # one rate per document (D,)
+                block_index = np.repeat(block_index, [len(f["document_lengths"]) for f in features])
+            batch["block_index"] = torch.from_numpy(block_index)
         return batch
 
     def _special_of(self, ids: np.ndarray) -> np.ndarray:

@@ -26,6 +26,7 @@ from hf_pretrain.resolve import run_plan
 from hf_pretrain.schedules import ScheduleStateCallback, WSDSchedule
 from hf_pretrain.training.attention import probe_attention, set_direction
 from hf_pretrain.training.callbacks.objective_switch import ObjectiveSwitchCallback
+from hf_pretrain.training.document_mask import isolate_documents, supports_document_mask
 from hf_pretrain.training.throughput import (
     ThroughputMeter,
     flop_counted_parameters,
@@ -104,6 +105,7 @@ class PretrainingTrainer(Trainer):
         self._resolved = plan is not None
         self._resume_from: str | None = None
         self._attention: str | None = None  # the attention the model was last set to and probed in
+        self._documents_probed: str | None = None  # the attention document isolation was last probed in
         self._owns_scheduler = False
         # [correct, predicted] masked-LM token counts since the last log, per mode (train / eval), on device.
         self._mlm_counts = {True: torch.zeros(2, dtype=torch.long), False: torch.zeros(2, dtype=torch.long)}
@@ -185,6 +187,30 @@ class PretrainingTrainer(Trainer):
             )
             self._attention = phase.attention
         return select_view(inputs, phase)
+
+    def _prepare_inputs(self, inputs):
+        # On the device: a batch whose features carried `document_lengths` has `document_ids` (B, T); its attention
+        # stays inside each document through a (B, 1, T, T) mask built here, never in the DataLoader workers.
+        inputs = super()._prepare_inputs(inputs)
+        if "document_ids" not in inputs:
+            return inputs
+        phase = self.current_objective()
+        model = self.accelerator.unwrap_model(self.model)
+        config = (
+            model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
+        )
+        if self._documents_probed != phase.attention:  # measured once per attention, like the direction itself
+            supported = supports_document_mask(model, causal=phase.attention == "causal")
+            if supported is not True:
+                raise RuntimeError(f"Documents cannot be kept apart in {type(model).__name__}: {supported}")
+            self._documents_probed = phase.attention
+        return isolate_documents(
+            inputs,
+            causal=phase.attention == "causal",
+            implementation=config._attn_implementation,
+            dtype=model.dtype,
+            config=config,
+        )
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         # Select each batch's view before the Trainer counts its labels for loss normalisation.

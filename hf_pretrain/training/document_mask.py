@@ -1,0 +1,308 @@
+"""Document isolation in packed blocks: the attention mask built on the device at the step, not in the DataLoader.
+
+A packed block (B, T) holds several documents per row. The collators mark them with `document_ids` (B, T) int64
+(0, 1, 2, ... per row, -1 at padding) and restart `position_ids` (B, T) at each document; without more, every
+token attends across the document boundaries of its row ("shared attention"). `isolate_documents` turns such a
+batch into model inputs whose `attention_mask` is block-diagonal by document, causal or bidirectional as the phase
+trains, in the form the model's attention implementation consumes:
+
+- "eager" adds the mask to the scores: an additive float mask (0 / finfo(dtype).min) of shape (B, 1, T, T). A
+  boolean mask there would be added as 0/1 and mask nothing.
+- "sdpa" takes a boolean mask (B, 1, T, T), True = attend.
+- "flex_attention" is refused: a BlockMask from `document_ids` (mask_mod) matches sdpa when torch's flex_attention
+  is called directly, but through transformers' compiled flex path on CPU the probe measured leaks across documents
+  (Llama, Qwen2, RoBERTa, DistilBERT) and NaN (BERT, ModernBERT, bidirectional Llama); not built until measured.
+- "flash_attention_2"/"_3" take no mask at all: they isolate through `cu_seq_lens` from padding-free batches
+  (position_ids restarting per document, no attention_mask), which this module does not build.
+
+transformers 5.24 (`masking_utils._preprocess_mask_arguments`) hands a user-given 4D tensor (or BlockMask) to the
+attention as is, for decoders (`create_causal_mask`: Llama, Qwen2, GPT-2, ...) and for encoders
+(`create_bidirectional_mask`: BERT, RoBERTa, DistilBERT, ModernBERT, EuroBERT). The mask is therefore the whole
+pattern: direction, documents and padding, all of it built here. Models with sliding-window layers (ModernBERT's
+local layers, Qwen2 with `use_sliding_window`) would use the same 4D mask on every layer and silently lose the
+window; given the config, `isolate_documents` passes the per-layer-type mapping {"full_attention": ...,
+"sliding_attention": ...} that those models accept instead, with the window folded into the sliding layers' mask.
+
+Padded query rows. transformers masks padding as keys only (`padding_mask_function`), so a padded query keeps the
+real keys of its row; here padding is also cut off from every document, which would leave a padded query row with
+no key at all: NaN under sdpa's softmax (all -inf), and the backward of a NaN is NaN even where the loss ignores
+the position. So every query keeps its own key (the diagonal): real rows already have it, padded rows get exactly
+that one, finite, key, and no real query ever sees a padded key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from hf_pretrain.objectives import MASK_FORMATS
+
+__all__ = [
+    "document_attention_mask",
+    "document_position_ids",
+    "isolate_documents",
+    "position_offset",
+    "supports_document_mask",
+]
+
+DOCUMENT_IDS = "document_ids"
+_FLASH = ("flash_attention_2", "flash_attention_3")
+_TOLERANCE = 1e-5  # a masked-out key contributes exactly 0 after softmax; float32 kernel reorderings stay far below
+
+
+def _unsupported(implementation: str) -> ValueError:
+    if implementation in _FLASH or "flash" in implementation:
+        return ValueError(
+            f"attn_implementation={implementation!r} cannot take a 4D document mask; use padding-free batches "
+            "(position_ids restarting per document, no attention_mask) so it isolates documents with cu_seq_lens."
+        )
+    return ValueError(
+        f"attn_implementation={implementation!r} cannot take a 4D document mask here; use one of {tuple(MASK_FORMATS)}."
+    )
+
+
+def _allowed(
+    document_ids: torch.Tensor, attention_mask: torch.Tensor | None, causal: bool, sliding_window: int | None
+) -> torch.Tensor:
+    """(B, T, T) bool: query i may attend to key j."""
+    real = document_ids >= 0  # (B, T)
+    if attention_mask is not None:
+        real = real & attention_mask.to(device=document_ids.device, dtype=torch.bool)
+    same = document_ids[:, :, None] == document_ids[:, None, :]  # (B, T, T): block-diagonal by document
+    allowed = same & real[:, :, None] & real[:, None, :]  # padding neither as query nor as key
+    length = document_ids.shape[-1]
+    q = torch.arange(length, device=document_ids.device)[:, None]  # (T, 1)
+    kv = torch.arange(length, device=document_ids.device)[None, :]  # (1, T)
+    if causal:
+        allowed = allowed & (kv <= q)
+    if sliding_window is not None:
+        # transformers' overlays: causal `kv > q - w` (sliding_window_overlay), bidirectional `|q - kv| <= w`
+        allowed = allowed & ((kv > q - sliding_window) if causal else ((q - kv).abs() <= sliding_window))
+    return allowed | (q == kv)  # every query keeps its own key: a padded row is never empty (see module docstring)
+
+
+def _in_format(allowed: torch.Tensor, implementation: str, dtype: torch.dtype | None) -> torch.Tensor:
+    mask = allowed[:, None]  # (B, 1, T, T): one mask for all heads
+    fmt = MASK_FORMATS.get(implementation)
+    if fmt == "bool":
+        return mask
+    if fmt == "additive":
+        dtype = dtype or torch.float32
+        return torch.zeros((), dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    raise _unsupported(implementation)
+
+
+def document_attention_mask(
+    document_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    causal: bool,
+    implementation: str,
+    dtype: torch.dtype | None = None,
+    sliding_window: int | None = None,
+):
+    """The (B, 1, T, T) mask that isolates the documents of packed rows, in the format of `implementation`.
+
+    Args:
+        document_ids: (B, T) int, the document of each token within its row (0, 1, ...), negative at padding.
+        attention_mask: (B, T) optional padding mask (1 = token, 0 = padding); combined with `document_ids < 0`.
+        causal: key j is visible from query i only when j <= i (CLM); else the whole document (MLM).
+        implementation: "eager" (additive float in `dtype`, 0 / finfo.min), "sdpa" (bool, True = attend),
+            anything else raises a ValueError.
+        dtype: the eager mask's dtype (the model's compute dtype); float32 when None. Ignored for sdpa.
+        sliding_window: also restrict to transformers' sliding window (for sliding-attention layers).
+
+    Query i attends to key j iff both are tokens of the same document (and j <= i when causal), or i == j: a
+    padded query attends to itself alone, so its softmax row is finite and it reaches no document.
+    """
+    if document_ids.dim() != 2:
+        raise ValueError(f"document_ids must be (batch, length), got shape {tuple(document_ids.shape)}.")
+    if implementation not in MASK_FORMATS:
+        raise _unsupported(implementation)
+    return _in_format(_allowed(document_ids, attention_mask, causal, sliding_window), implementation, dtype)
+
+
+def document_position_ids(document_ids: torch.Tensor) -> torch.Tensor:
+    """(B, T) positions restarting at 0 at each document (and counting on through trailing padding)."""
+    length = document_ids.shape[-1]
+    arange = torch.arange(length, device=document_ids.device).expand_as(document_ids)
+    starts = torch.ones_like(document_ids, dtype=torch.bool)
+    starts[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
+    first = torch.where(starts, arange, torch.zeros_like(arange)).cummax(-1).values  # (B, T): start of own document
+    return arange - first
+
+
+# Families whose position embeddings number tokens from padding_idx + 1 (create_position_ids_from_input_ids): a
+# document's own positions there are pad_token_id + 1 + (0, 1, ...), not (0, 1, ...).
+_PADDING_OFFSET_POSITIONS = (
+    "roberta",
+    "xlm-roberta",
+    "xlm-roberta-xl",
+    "camembert",
+    "roberta-prelayernorm",
+    "data2vec-text",
+)
+
+
+def position_offset(config) -> int:
+    """What the model adds to 0-based positions of its own: pad_token_id + 1 for RoBERTa-style embeddings, else 0."""
+    if config is None or getattr(config, "model_type", None) not in _PADDING_OFFSET_POSITIONS:
+        return 0
+    return (getattr(config, "pad_token_id", None) or 0) + 1
+
+
+def _sliding_window(config) -> int | None:
+    """The window of a config whose layers include sliding-attention ones (and which takes a per-type mapping)."""
+    if config is None or "sliding_attention" not in (getattr(config, "layer_types", None) or ()):
+        return None
+    return getattr(config, "sliding_window", None)
+
+
+def isolate_documents(
+    inputs: Mapping,
+    *,
+    causal: bool,
+    implementation: str,
+    dtype: torch.dtype | None = None,
+    config=None,
+) -> Mapping:
+    """The model inputs of a batch whose packed rows carry `document_ids`: the document mask as `attention_mask`.
+
+    `document_ids` is removed (no model takes it), `position_ids` kept (computed from `document_ids` when the batch
+    has none: the positions must restart per document, or a document sees other positions than when it runs alone),
+    every other key passed through. A batch without `document_ids` is returned unchanged (the same object).
+
+    `config` (the model's text config) shifts position_ids to the model's own numbering (`position_offset`:
+    RoBERTa-style embeddings start at pad_token_id + 1), and when its `layer_types` include "sliding_attention", makes the mask a
+    mapping {"full_attention": mask, "sliding_attention": windowed mask}, which those models (Qwen2, ModernBERT,
+    Gemma, ...) take instead of one 4D mask that would drop the window.
+
+    Raises a ValueError when `implementation` cannot take a 4D mask (flash attention: use padding-free batches),
+    or when the batch already holds a 4D mask (a prefix-LM mask: combining the two is not done here).
+    """
+    if DOCUMENT_IDS not in inputs:
+        return inputs
+    if implementation not in MASK_FORMATS:
+        raise _unsupported(implementation)
+    out = dict(inputs)
+    document_ids = out.pop(DOCUMENT_IDS)
+    padding = out.get("attention_mask")
+    if padding is not None and (isinstance(padding, Mapping) or padding.dim() != 2):
+        raise ValueError("The batch carries document_ids and a 4D attention_mask already; give one or the other.")
+    if out.get("position_ids") is None:
+        out["position_ids"] = document_position_ids(document_ids)
+    if offset := position_offset(config):  # the collators emit 0-based positions; RoBERTa's own start at pad + 1
+        out["position_ids"] = out["position_ids"] + offset
+
+    def build(window):
+        return document_attention_mask(
+            document_ids, padding, causal=causal, implementation=implementation, dtype=dtype, sliding_window=window
+        )
+
+    window = _sliding_window(config)
+    out["attention_mask"] = (
+        build(None) if window is None else {"full_attention": build(None), "sliding_attention": build(window)}
+    )
+    return out
+
+
+# ---- the probe ---------------------------------------------------------------------------------------------------
+
+# Two documents and padding in one row of 8: [d0 d0 d0 | d1 d1 d1 | pad pad].
+_PROBE_DOCUMENTS = torch.tensor([[0, 0, 0, 1, 1, 1, -1, -1]])
+_D0, _D1 = slice(0, 3), slice(3, 6)
+
+
+def _text_config(model):
+    config = model.config
+    return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+
+
+def _is_causal(model) -> bool:
+    from hf_pretrain.model_families import DECODER, family_of
+
+    config = _text_config(model)
+    return family_of(config).kind == DECODER and getattr(config, "is_causal", True) is not False
+
+
+@torch.no_grad()
+def _outputs(model, ids, attention_mask, position_ids) -> torch.Tensor:
+    device = next(model.parameters()).device
+    kwargs = {"input_ids": ids.to(device), "attention_mask": _to(attention_mask, device)}
+    if position_ids is not None:
+        kwargs["position_ids"] = position_ids.to(device)
+    out = model(**kwargs)
+    logits = getattr(out, "logits", None)
+    return (logits if logits is not None else out.last_hidden_state).float()  # (1, T, V) or (1, T, H)
+
+
+def _to(mask, device):
+    if isinstance(mask, Mapping):
+        return {key: value.to(device) for key, value in mask.items()}
+    return mask.to(device)
+
+
+def supports_document_mask(model, causal: bool | None = None) -> bool | str:
+    """Whether feeding the document mask to THIS model (its attention implementation, in its direction) isolates
+    documents: True, or a one-line reason why not (a str: compare `result is True`).
+
+    Measured on one row [doc0 x3 | doc1 x3 | pad x2] with position_ids restarting per document, in eval mode without
+    gradients, drawing no random numbers: changing a token of either document must not move the other's logits, a
+    padding token must move nothing, and each document's logits must equal those of the document run alone (which
+    also checks that attention within a document is kept, and that restarted position_ids are the model's own). `causal` defaults to the model's direction (a decoder
+    unless its config says is_causal=False).
+    """
+    config = _text_config(model)
+    implementation = getattr(config, "_attn_implementation", None) or "eager"
+    causal = _is_causal(model) if causal is None else causal
+    was_training = model.training
+    model.eval()
+    try:
+        vocab = max(config.vocab_size - 1, 2)
+        ids = ((torch.arange(8) * 7 + 3) % vocab)[None, :]  # (1, 8), deterministic
+        documents = _PROBE_DOCUMENTS
+        padding = (documents >= 0).long()
+        positions = document_position_ids(documents)
+        batch = {"input_ids": ids, "attention_mask": padding, "position_ids": positions, DOCUMENT_IDS: documents}
+        try:
+            dtype = next(model.parameters()).dtype
+            inputs = isolate_documents(batch, causal=causal, implementation=implementation, dtype=dtype, config=config)
+        except ValueError as error:
+            return str(error)
+
+        def run(tokens):
+            return _outputs(model, tokens, inputs["attention_mask"], inputs["position_ids"])
+
+        def changed(position):
+            other = ids.clone()
+            other[0, position] = (other[0, position] + 1) % vocab
+            return run(other)
+
+        try:
+            base = run(ids)
+        except Exception as error:  # a kernel or model that rejects the mask
+            return f"{type(model).__name__} ({implementation}) rejects the 4D mask: {type(error).__name__}: {error}"
+        if not torch.isfinite(base[0, :6]).all():
+            return f"{type(model).__name__} ({implementation}): non-finite logits with the document mask."
+        leaks = {
+            "doc0->doc1": (changed(0) - base)[0, _D1].abs().max(),
+            "doc1->doc0": (changed(5) - base)[0, _D0].abs().max(),
+            "pad->docs": (changed(7) - base)[0, :6].abs().max(),
+        }
+        for name, leak in leaks.items():
+            if leak > _TOLERANCE:
+                return f"{type(model).__name__} ({implementation}) leaks across documents ({name}: {float(leak):.3g})."
+        for part in (_D0, _D1):
+            alone_ids = ids[:, part]
+            # the model's own positions: a model that numbers them otherwise (RoBERTa: from padding_idx + 1) shows here
+            alone = _outputs(model, alone_ids, torch.ones_like(alone_ids), None)
+            gap = float((alone - base[:, part]).abs().max())
+            if gap > _TOLERANCE:
+                return (
+                    f"{type(model).__name__} ({implementation}): a packed document's logits differ from the document "
+                    f"run alone by {gap:.3g} (positions or within-document attention not kept)."
+                )
+        return True
+    finally:
+        model.train(was_training)
