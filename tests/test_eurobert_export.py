@@ -9,6 +9,7 @@ import textwrap
 
 import pytest
 import torch
+from _tiny import NO_HF_PRETRAIN, VOCAB, one_thread, tiny_llama_config  # noqa: F401  (one_thread: an autouse fixture)
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
@@ -22,33 +23,9 @@ import hf_pretrain.eurobert_export as eurobert_export
 from hf_pretrain.eurobert_export import EUROBERT_FIELDS, eurobert_compatible, save_eurobert, to_eurobert
 from hf_pretrain.modeling_masked_llama import LlamaForMaskedLM, masked_decoder_class, set_bidirectional, shrunk_config
 
-VOCAB = 97
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: a thread pool's wake-ups cost more than the matmuls (10x on a loaded host)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny_config(**overrides) -> LlamaConfig:
-    kwargs = {
-        "vocab_size": VOCAB,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 64,
-        "tie_word_embeddings": False,
-        "pad_token_id": 0,
-        "mask_token_id": 4,
-        **overrides,
-    }
-    return LlamaConfig(**kwargs)
+    return tiny_llama_config(**{"pad_token_id": 0, "mask_token_id": 4, **overrides})
 
 
 def masked_llama(impl="sdpa", seed=0, **overrides) -> LlamaForMaskedLM:
@@ -227,16 +204,8 @@ def test_save_refuses_a_folder_with_remote_code(tmp_path):
 
 # --- the checkpoint, loaded where hf_pretrain is not ---------------------------------------------------------
 
-LOAD_WITHOUT_HF_PRETRAIN = textwrap.dedent(
+LOAD_WITHOUT_HF_PRETRAIN = NO_HF_PRETRAIN + textwrap.dedent(
     """
-    import importlib.abc, json, sys
-
-    class NoHfPretrain(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "hf_pretrain":
-                raise ImportError("hf_pretrain must not be imported here")
-
-    sys.meta_path.insert(0, NoHfPretrain())
     import torch
     from transformers import (AutoModelForMaskedLM, AutoModelForSequenceClassification,
                               AutoModelForTokenClassification, pipeline)

@@ -12,6 +12,7 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
+from _tiny import NO_HF_PRETRAIN, one_thread  # noqa: F401  (one_thread: an autouse fixture)
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -38,15 +39,6 @@ from hf_pretrain.modeling_masked_llama import (
 # The architectures the brief names, plus GPT-2 (its backbone is `.transformer`) and Cohere (it scales its logits).
 ARCHITECTURES = ["qwen2", "qwen3", "mistral", "gemma", "gemma2", "phi3", "olmo2", "gpt2", "cohere"]
 VOCAB = 64  # shrunk_config's vocabulary
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: a thread pool's wake-ups cost more than the matmuls (10x on a loaded host)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_config(model_type: str, **overrides):
@@ -248,16 +240,8 @@ def test_from_causal_lm_shares_modules_and_register_is_idempotent(monkeypatch):
 
 # --- trust_remote_code, in a process that has never seen hf_pretrain ---------------------------------------------
 
-REMOTE_LOAD = textwrap.dedent(
+REMOTE_LOAD = NO_HF_PRETRAIN + textwrap.dedent(
     """
-    import importlib.abc, json, sys
-
-    class NoHfPretrain(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "hf_pretrain":
-                raise ImportError("hf_pretrain must not be imported here")
-
-    sys.meta_path.insert(0, NoHfPretrain())
     import torch
     from transformers import AutoModelForMaskedLM
 

@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from _tiny import NO_HF_PRETRAIN, VOCAB, one_thread, tiny_llama_config  # noqa: F401  (one_thread: an autouse fixture)
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, LlamaConfig, LlamaForCausalLM
 
 from hf_pretrain.modeling_masked_llama import (
@@ -19,36 +20,11 @@ from hf_pretrain.modeling_masked_llama import (
 )
 
 IMPLEMENTATIONS = ["eager", "sdpa"]
-VOCAB = 97
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: a thread pool's wake-ups cost more than the matmuls (10x on a loaded host)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def tiny_config(**overrides) -> LlamaConfig:
-    kwargs = {
-        "vocab_size": VOCAB,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 64,
-        "tie_word_embeddings": False,
-        **overrides,
-    }
-    return LlamaConfig(**kwargs)
 
 
 def tiny(cls, attn_implementation="sdpa", seed=0, **overrides):
     torch.manual_seed(seed)
-    model = cls(tiny_config(**overrides))
+    model = cls(tiny_llama_config(**overrides))
     model.set_attn_implementation(attn_implementation)
     return model.eval()
 
@@ -308,7 +284,7 @@ def test_auto_model_round_trip(tmp_path):
         torch.testing.assert_close(loaded.eval()(input_ids=ids).logits, logits)
     assert type(AutoModelForMaskedLM.from_pretrained(tmp_path, trust_remote_code=True)) is LlamaForMaskedLM
     # registering LlamaConfig for masked LM leaves causal LM alone
-    assert type(AutoModelForCausalLM.from_config(tiny_config())) is LlamaForCausalLM
+    assert type(AutoModelForCausalLM.from_config(tiny_llama_config())) is LlamaForCausalLM
 
 
 def test_trust_remote_code_loads_the_copied_file_offline(tmp_path, monkeypatch):
@@ -341,7 +317,7 @@ def test_mlm_loss_falls_with_training(tokenizer):
     text = "Masked language modelling hides tokens; the encoder restores them from both sides. "
     ids = torch.tensor(tokenizer(text * 3)["input_ids"][:48]).repeat(8, 1)
     torch.manual_seed(0)
-    model = LlamaForMaskedLM(tiny_config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)).train()
+    model = LlamaForMaskedLM(tiny_llama_config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     generator = torch.Generator().manual_seed(0)
     eval_inputs, eval_labels = _mask_tokens(ids, tokenizer.mask_token_id, torch.Generator().manual_seed(123))
