@@ -320,3 +320,15 @@ def test_validation_files_are_the_held_out_set_of_a_mixed_run(corpus, tmp_path):
     results = json.loads((out / "eval_results.json").read_text())
     _, derived = load_resolved(str(out))
     assert results["eval_loss"] > 0 and derived["held_out"].startswith("validation_files")
+
+
+@pytest.mark.parametrize("path", DATA_PATHS)
+@pytest.mark.parametrize("preset, objective", [("bert-tiny", "mlm"), ("qwen2-tiny", "clm_then_mlm")])
+def test_other_families_run_on_every_data_path(corpus, tmp_path, preset, objective, path):
+    # An encoder's MLM and a non-Llama decoder's CLM->MLM on classic, mixed, prepared and streamed data.
+    out = tmp_path / "run"
+    argv = [*TINY, *data_argv(corpus, path), "--model_preset", preset, "--objective", objective, "--max_steps", "4"]
+    metrics = pretrain.main([*argv, "--output_dir", str(out)])
+    assert torch.isfinite(torch.tensor(metrics["train_loss"]))
+    architecture = json.loads((out / "config.json").read_text())["architectures"][0]
+    assert architecture == {"bert-tiny": "BertForMaskedLM", "qwen2-tiny": "Qwen2ForMaskedLM"}[preset]
