@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from hf_pretrain.attention_masks import MASK_FORMATS
 from hf_pretrain.collators import (
     DataCollatorForCausalLM,
     DataCollatorForMaskedLM,
@@ -33,9 +34,6 @@ from hf_pretrain.model_families import DECODER, ENCODER, ENCODER_DECODER, KIND_N
 from hf_pretrain.objective_views import MultiObjectiveCollator
 
 ATTENTIONS = ("causal", "bidirectional", "prefix", "encoder_decoder")
-# Attention implementations that take a custom 4D mask, and the form each consumes (eager adds the mask to the
-# scores, so it needs the additive float form; a boolean mask there would add 0/1 and mask nothing).
-MASK_FORMATS = {"sdpa": "bool", "eager": "additive"}
 
 
 @dataclass(frozen=True)

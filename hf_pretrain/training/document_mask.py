@@ -36,7 +36,12 @@ from collections.abc import Mapping
 
 import torch
 
-from hf_pretrain.objectives import MASK_FORMATS
+from hf_pretrain.attention_masks import (
+    MASK_FORMATS,
+    document_attention_mask,
+    document_position_ids,
+    unsupported_implementation,
+)
 
 __all__ = [
     "document_attention_mask",
@@ -47,90 +52,8 @@ __all__ = [
 ]
 
 DOCUMENT_IDS = "document_ids"
-_FLASH = ("flash_attention_2", "flash_attention_3")
+PREFIX_MASK = "prefix_mask"
 _TOLERANCE = 1e-5  # a masked-out key contributes exactly 0 after softmax; float32 kernel reorderings stay far below
-
-
-def _unsupported(implementation: str) -> ValueError:
-    if implementation in _FLASH or "flash" in implementation:
-        return ValueError(
-            f"attn_implementation={implementation!r} cannot take a 4D document mask; use padding-free batches "
-            "(position_ids restarting per document, no attention_mask) so it isolates documents with cu_seq_lens."
-        )
-    return ValueError(
-        f"attn_implementation={implementation!r} cannot take a 4D document mask here; use one of {tuple(MASK_FORMATS)}."
-    )
-
-
-def _allowed(
-    document_ids: torch.Tensor, attention_mask: torch.Tensor | None, causal: bool, sliding_window: int | None
-) -> torch.Tensor:
-    """(B, T, T) bool: query i may attend to key j."""
-    real = document_ids >= 0  # (B, T)
-    if attention_mask is not None:
-        real = real & attention_mask.to(device=document_ids.device, dtype=torch.bool)
-    same = document_ids[:, :, None] == document_ids[:, None, :]  # (B, T, T): block-diagonal by document
-    allowed = same & real[:, :, None] & real[:, None, :]  # padding neither as query nor as key
-    length = document_ids.shape[-1]
-    q = torch.arange(length, device=document_ids.device)[:, None]  # (T, 1)
-    kv = torch.arange(length, device=document_ids.device)[None, :]  # (1, T)
-    if causal:
-        allowed = allowed & (kv <= q)
-    if sliding_window is not None:
-        # transformers' overlays: causal `kv > q - w` (sliding_window_overlay), bidirectional `|q - kv| <= w`
-        allowed = allowed & ((kv > q - sliding_window) if causal else ((q - kv).abs() <= sliding_window))
-    return allowed | (q == kv)  # every query keeps its own key: a padded row is never empty (see module docstring)
-
-
-def _in_format(allowed: torch.Tensor, implementation: str, dtype: torch.dtype | None) -> torch.Tensor:
-    mask = allowed[:, None]  # (B, 1, T, T): one mask for all heads
-    fmt = MASK_FORMATS.get(implementation)
-    if fmt == "bool":
-        return mask
-    if fmt == "additive":
-        dtype = dtype or torch.float32
-        return torch.zeros((), dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
-    raise _unsupported(implementation)
-
-
-def document_attention_mask(
-    document_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
-    *,
-    causal: bool,
-    implementation: str,
-    dtype: torch.dtype | None = None,
-    sliding_window: int | None = None,
-):
-    """The (B, 1, T, T) mask that isolates the documents of packed rows, in the format of `implementation`.
-
-    Args:
-        document_ids: (B, T) int, the document of each token within its row (0, 1, ...), negative at padding.
-        attention_mask: (B, T) optional padding mask (1 = token, 0 = padding); combined with `document_ids < 0`.
-        causal: key j is visible from query i only when j <= i (CLM); else the whole document (MLM).
-        implementation: "eager" (additive float in `dtype`, 0 / finfo.min), "sdpa" (bool, True = attend),
-            anything else raises a ValueError.
-        dtype: the eager mask's dtype (the model's compute dtype); float32 when None. Ignored for sdpa.
-        sliding_window: also restrict to transformers' sliding window (for sliding-attention layers).
-
-    Query i attends to key j iff both are tokens of the same document (and j <= i when causal), or i == j: a
-    padded query attends to itself alone, so its softmax row is finite and it reaches no document.
-    """
-    if document_ids.dim() != 2:
-        raise ValueError(f"document_ids must be (batch, length), got shape {tuple(document_ids.shape)}.")
-    if implementation not in MASK_FORMATS:
-        raise _unsupported(implementation)
-    return _in_format(_allowed(document_ids, attention_mask, causal, sliding_window), implementation, dtype)
-
-
-def document_position_ids(document_ids: torch.Tensor) -> torch.Tensor:
-    """(B, T) positions restarting at 0 at each document (and counting on through trailing padding)."""
-    length = document_ids.shape[-1]
-    arange = torch.arange(length, device=document_ids.device).expand_as(document_ids)
-    starts = torch.ones_like(document_ids, dtype=torch.bool)
-    starts[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
-    first = torch.where(starts, arange, torch.zeros_like(arange)).cummax(-1).values  # (B, T): start of own document
-    return arange - first
 
 
 # Families whose position embeddings number tokens from padding_idx + 1 (create_position_ids_from_input_ids): a
@@ -184,9 +107,10 @@ def isolate_documents(
     if DOCUMENT_IDS not in inputs:
         return inputs
     if implementation not in MASK_FORMATS:
-        raise _unsupported(implementation)
+        raise unsupported_implementation(implementation)
     out = dict(inputs)
     document_ids = out.pop(DOCUMENT_IDS)
+    prefix_mask = out.pop(PREFIX_MASK, None)  # (B, T) bool: bidirectional prefixes (prefix-LM, decoder-only T5)
     padding = out.get("attention_mask")
     if padding is not None and (isinstance(padding, Mapping) or padding.dim() != 2):
         raise ValueError("The batch carries document_ids and a 4D attention_mask already; give one or the other.")
@@ -197,7 +121,13 @@ def isolate_documents(
 
     def build(window):
         return document_attention_mask(
-            document_ids, padding, causal=causal, implementation=implementation, dtype=dtype, sliding_window=window
+            document_ids,
+            padding,
+            causal=causal,
+            implementation=implementation,
+            dtype=dtype,
+            sliding_window=window,
+            prefix_mask=prefix_mask,
         )
 
     window = _sliding_window(config)

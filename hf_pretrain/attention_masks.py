@@ -1,0 +1,133 @@
+"""Attention masks from compact per-token columns: documents, prefixes and padding as one (B, 1, T, T) pattern.
+
+Collators describe a batch's attention with per-token columns, never with a (T, T) table per row:
+
+* `document_ids` (B, T) int64: the document of each token within its row (0, 1, 2, ...), -1 at padding;
+* `prefix_mask` (B, T) bool, optional: tokens of a bidirectional prefix (prefix-LM, the inputs of decoder-only
+  span corruption and UL2), which attend to every prefix token of their document.
+
+`attention_pattern` turns them into the boolean (B, T, T) pattern, and `document_attention_mask` into the 4D mask in
+the form an attention implementation consumes (`MASK_FORMATS`). The trainer calls it on the device at the step
+(`hf_pretrain.training.document_mask`); a collator used without our trainer calls it in the DataLoader worker.
+
+Query i may attend to key j iff both are real tokens of the same document and
+    j <= i                         (causal; every position under bidirectional attention), or
+    prefix[i] and prefix[j]        (both in the document's bidirectional prefix),
+or i == j: every query keeps its own key, so a padded query row (cut off from every document) has exactly one
+finite key instead of an all -inf softmax row, whose NaN would poison the backward even where no loss reads it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["MASK_FORMATS", "attention_pattern", "document_attention_mask", "document_position_ids"]
+
+# Attention implementations that take a custom 4D mask, and the form each consumes: eager adds the mask to the
+# scores, so it needs the additive float form (a boolean mask there would add 0/1 and mask nothing); sdpa takes
+# a boolean mask, True = attend.
+MASK_FORMATS = {"sdpa": "bool", "eager": "additive"}
+
+
+def unsupported_implementation(implementation: str) -> ValueError:
+    """The error for an implementation that takes no 4D mask (flash kernels take cu_seq_lens instead)."""
+    if "flash" in implementation:
+        return ValueError(
+            f"attn_implementation={implementation!r} cannot take a 4D attention mask; use padding-free batches "
+            "(position_ids restarting per document, no attention_mask) so it isolates documents with cu_seq_lens."
+        )
+    return ValueError(
+        f"attn_implementation={implementation!r} cannot take a 4D attention mask; use one of {tuple(MASK_FORMATS)}."
+    )
+
+
+def attention_pattern(
+    document_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    causal: bool,
+    prefix_mask: torch.Tensor | None = None,
+    sliding_window: int | None = None,
+) -> torch.Tensor:
+    """(B, T, T) bool: query i may attend to key j (see the module docstring)."""
+    if document_ids.dim() != 2:
+        raise ValueError(f"document_ids must be (batch, length), got shape {tuple(document_ids.shape)}.")
+    device = document_ids.device
+    real = document_ids >= 0  # (B, T)
+    if attention_mask is not None:
+        real = real & attention_mask.to(device=device, dtype=torch.bool)
+    same = document_ids[:, :, None] == document_ids[:, None, :]  # (B, T, T): block-diagonal by document
+    allowed = same & real[:, :, None] & real[:, None, :]  # padding neither as query nor as key
+    length = document_ids.shape[-1]
+    q = torch.arange(length, device=device)[:, None]  # (T, 1)
+    kv = torch.arange(length, device=device)[None, :]  # (1, T)
+    if causal:
+        direction = kv <= q  # (T, T)
+        if prefix_mask is not None:
+            if prefix_mask.shape != document_ids.shape:
+                raise ValueError(
+                    f"prefix_mask {tuple(prefix_mask.shape)} must have document_ids' shape {tuple(document_ids.shape)}."
+                )
+            prefix = prefix_mask.to(device=device, dtype=torch.bool)
+            direction = direction | (prefix[:, :, None] & prefix[:, None, :])  # (B, T, T)
+        allowed = allowed & direction
+    if sliding_window is not None:
+        # transformers' overlays: causal `kv > q - w` (sliding_window_overlay), bidirectional `|q - kv| <= w`
+        allowed = allowed & ((kv > q - sliding_window) if causal else ((q - kv).abs() <= sliding_window))
+    return allowed | (q == kv)
+
+
+def in_format(allowed: torch.Tensor, implementation: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A (B, T, T) bool pattern as the (B, 1, T, T) mask `implementation` consumes (see `MASK_FORMATS`)."""
+    mask = allowed[:, None]  # (B, 1, T, T): one mask for all heads
+    fmt = MASK_FORMATS.get(implementation)
+    if fmt == "bool":
+        return mask
+    if fmt == "additive":
+        dtype = dtype or torch.float32
+        return torch.zeros((), dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    raise unsupported_implementation(implementation)
+
+
+def document_attention_mask(
+    document_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    causal: bool,
+    implementation: str,
+    dtype: torch.dtype | None = None,
+    sliding_window: int | None = None,
+    prefix_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The (B, 1, T, T) mask that keeps the documents of packed rows apart, in the format of `implementation`.
+
+    Args:
+        document_ids: (B, T) int, the document of each token within its row (0, 1, ...), negative at padding.
+        attention_mask: (B, T) optional padding mask (1 = token, 0 = padding); combined with `document_ids < 0`.
+        causal: key j is visible from query i only when j <= i (CLM, prefix-LM); else the whole document (MLM).
+        implementation: "eager" (additive float in `dtype`, 0 / finfo.min), "sdpa" (bool, True = attend),
+            anything else raises a ValueError.
+        dtype: the eager mask's dtype (the model's compute dtype); float32 when None. Ignored for sdpa.
+        sliding_window: also restrict to transformers' sliding window (for sliding-attention layers).
+        prefix_mask: (B, T) bool, with `causal`: the tokens of each document's bidirectional prefix.
+
+    >>> document_attention_mask(torch.tensor([[0, 0, 0, 1, 1, -1]]), causal=True, implementation="sdpa",
+    ...                         prefix_mask=torch.tensor([[1, 1, 0, 1, 0, 0]]))[0, 0].int().tolist()
+    [[1, 1, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0], [0, 0, 0, 1, 0, 0], [0, 0, 0, 1, 1, 0], [0, 0, 0, 0, 0, 1]]
+    """
+    if implementation not in MASK_FORMATS:
+        raise unsupported_implementation(implementation)
+    pattern = attention_pattern(
+        document_ids, attention_mask, causal=causal, prefix_mask=prefix_mask, sliding_window=sliding_window
+    )
+    return in_format(pattern, implementation, dtype)
+
+
+def document_position_ids(document_ids: torch.Tensor) -> torch.Tensor:
+    """(B, T) positions restarting at 0 at each document (and counting on through trailing padding)."""
+    length = document_ids.shape[-1]
+    arange = torch.arange(length, device=document_ids.device).expand_as(document_ids)
+    starts = torch.ones_like(document_ids, dtype=torch.bool)
+    starts[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
+    first = torch.where(starts, arange, torch.zeros_like(arange)).cummax(-1).values  # (B, T): start of own document
+    return arange - first
