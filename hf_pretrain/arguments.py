@@ -21,6 +21,26 @@ from hf_pretrain.models import MODEL_PRESETS
 from hf_pretrain.objectives import RUN_OBJECTIVES
 
 DECAY_TYPES = ("linear", "cosine", "1-sqrt")
+DOCUMENT_ATTENTION = ("isolated", "shared")
+
+
+def check_padding_free(data_args) -> None:
+    """`packing: false` (padding-free batches of whole documents): what it needs, each message naming the field."""
+    if data_args.max_tokens_per_batch is None:
+        raise ValueError("packing: false needs max_tokens_per_batch, the tokens of one padding-free batch.")
+    if data_args.max_tokens_per_batch < data_args.block_size:
+        raise ValueError(
+            f"max_tokens_per_batch={data_args.max_tokens_per_batch} is below block_size={data_args.block_size}: "
+            "a batch must hold the longest document piece."
+        )
+    if data_args.document_attention != "isolated":
+        raise ValueError("packing: false keeps documents apart by construction: set document_attention: isolated.")
+    for name in ("prepared_dataset_path", "curriculum_lengths", "streaming"):
+        if getattr(data_args, name):
+            raise ValueError(
+                f"packing: false builds its batches from documents, which {name} does not give: unset {name}, or "
+                "set packing: true."
+            )
 
 
 def _has_accelerator() -> bool:
@@ -116,6 +136,26 @@ class DataArguments:
         metadata={"help": "Fraction of documents held out for evaluation when no validation set is given."},
     )
     block_size: int = field(default=512, metadata={"help": "Tokens per training block (sequence length)."})
+    document_attention: str = field(
+        default="isolated",
+        metadata={
+            "help": f"One of {DOCUMENT_ATTENTION}. 'isolated': each document of a packed block attends only to "
+            "itself (positions restart per document, no token is predicted across a boundary); 'shared': the "
+            "documents of a block attend to each other (cheaper to set up, the usual packing of older recipes)."
+        },
+    )
+    packing: bool = field(
+        default=True,
+        metadata={
+            "help": "true: documents are concatenated and cut into blocks of block_size. false: padding-free "
+            "batches of whole documents (longer ones split at block_size), one row of at most "
+            "max_tokens_per_batch tokens per batch; needs per_device_train_batch_size: 1."
+        },
+    )
+    max_tokens_per_batch: int | None = field(
+        default=None,
+        metadata={"help": "packing: false: tokens per padding-free batch (at least block_size)."},
+    )
     max_documents: int | None = field(
         default=None, metadata={"help": "Use at most this many training documents (quick experiments)."}
     )
@@ -185,6 +225,14 @@ class DataArguments:
             raise ValueError(f"block_size must be at least 2, got {self.block_size}.")
         if self.max_documents is not None and self.max_documents < 1:
             raise ValueError(f"max_documents must be positive, got {self.max_documents}.")
+        if self.document_attention not in DOCUMENT_ATTENTION:
+            raise ValueError(
+                f"document_attention must be one of {DOCUMENT_ATTENTION}, got {self.document_attention!r}."
+            )
+        if self.packing and self.max_tokens_per_batch is not None:
+            raise ValueError("max_tokens_per_batch applies to padding-free batches: set packing: false, or unset it.")
+        if not self.packing:
+            check_padding_free(self)
         if self.streaming and not (self.dataset_name or self.data_sources):
             raise ValueError("streaming applies to dataset_name or data_sources; data_files are read directly.")
 
