@@ -21,6 +21,7 @@ from hf_pretrain.arguments import DataArguments, ModelArguments, PretrainingArgu
 from hf_pretrain.data.build import build_data
 from hf_pretrain.data.tokenizer import check_special_tokens
 from hf_pretrain.data.training_data import blocks_per_step, total_steps
+from hf_pretrain.document_attention import ISOLATED
 from hf_pretrain.eurobert_export import save_eurobert
 from hf_pretrain.hub.publisher import take_over_hub_push
 from hf_pretrain.hub.revisions import hub_revision_callbacks
@@ -102,6 +103,20 @@ def _setup_logging(training_args: PretrainingArguments) -> None:
             library.set_verbosity(training_args.get_process_log_level())
 
 
+def check_documents_kept(data, run: ResolvedRun) -> None:
+    """An isolated run's blocks carry document_lengths, training and held-out (a probe of the data path: without
+    them the collators could not keep a single document apart, and the run would silently share attention)."""
+    if run.document_attention != ISOLATED:
+        return
+    for split, dataset in (("training", data.train), ("held-out", data.evaluation)):
+        columns = getattr(dataset, "column_names", None)  # a stream's rows always carry them (streaming.py)
+        if columns is not None and "document_lengths" not in columns:
+            raise RuntimeError(
+                f"document_attention: isolated, but the {split} blocks of the {run.data_path} data carry no "
+                "document_lengths: the data path dropped them (set document_attention: shared to train anyway)."
+            )
+
+
 def describe_resolved_run(model_args, data_args, training_args) -> str:
     """What `--dry_run` prints: the content resolved_config.yaml would have, then the run's compute plan
     (parameters, tokens, FLOPs, GPU-hours) as YAML comments. No data is read and no weights are allocated."""
@@ -125,6 +140,7 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments, traini
     data = build_data(model_args, data_args, training_args)
     tokenizer = data.tokenizer
     check_special_tokens(tokenizer, run.spec)
+    check_documents_kept(data, run)
     if data.evaluation is None and run.evaluation:  # e.g. a Hub dataset that turned out to have no validation split
         raise ValueError(
             f"eval_strategy={training_args.eval_strategy!r}, but the {run.data_path} data holds nothing out: set "
@@ -169,7 +185,8 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments, traini
         schedule=run.schedule,
         callbacks=hub_revision_callbacks(publisher, training_args),  # each checkpoint to its own branch
     )
-    setup.attach(trainer, data, curriculum, data_args.block_size)  # curriculum collator, data callbacks
+    # curriculum and document_lengths through the collator wrapper, data callbacks
+    setup.attach(trainer, data, curriculum, data_args.block_size, documents=run.document_attention == ISOLATED)
     setup.restore(data, run.resume_from)  # a stream continues where the checkpoint left it
     train_result = trainer.train(resume_from_checkpoint=run.resume_from)
     if model_args.lora_rank:  # the merged model in output_dir, the adapter alone in output_dir/adapter/

@@ -30,6 +30,7 @@ from hf_pretrain.arguments import DataArguments, ModelArguments, PretrainingArgu
 from hf_pretrain.checkpoint_state import phases_from_checkpoint, read_json, schedule_from_checkpoint
 from hf_pretrain.cli import RESOLVED_SECTION, format_config
 from hf_pretrain.data.build import data_path
+from hf_pretrain.document_attention import ISOLATED, resolve_document_attention
 from hf_pretrain.eurobert_export import eurobert_compatible
 from hf_pretrain.model_families import DECODER, decoder_equivalent, family_of, resolve_attention
 from hf_pretrain.models import max_positions
@@ -73,6 +74,7 @@ class ResolvedRun:
     phases: tuple[tuple[int, str], ...] | None = None  # (first step, phase) of the objective plan
     attention: tuple[tuple[int, str], ...] | None = None  # (first step, attention) of each phase
     schedule: WSDSchedule | None = None  # None: the run uses another transformers scheduler
+    document_attention: str = "shared"  # "isolated": the documents of a packed block attend only to themselves
     save_format: str = "transformers"  # "eurobert": the masked result is written as a native EuroBERT checkpoint
     load_as_decoder: bool = False  # an encoder checkpoint (EuroBERT) continues as the decoder it is (Llama)
 
@@ -200,6 +202,16 @@ def _held_out(data_args: DataArguments, path: str) -> str | None:
     return None
 
 
+def check_padding_free_batches(training_args: PretrainingArguments) -> None:
+    """`packing: false`: one padding-free row of whole documents is one batch, on every process."""
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size"):
+        if getattr(training_args, name) != 1:
+            raise ValueError(
+                f"packing: false makes each batch one padding-free row of up to max_tokens_per_batch tokens: set "
+                f"{name}: 1 (and max_tokens_per_batch to the tokens per batch), got {getattr(training_args, name)}."
+            )
+
+
 def resolve_run(model_args: ModelArguments, data_args: DataArguments, training_args: PretrainingArguments):
     """Decide every setting of the run before any data is read or any model is built; see the module docstring."""
     if training_args.cooldown_from and not model_args.model_name_or_path:
@@ -220,6 +232,12 @@ def resolve_run(model_args: ModelArguments, data_args: DataArguments, training_a
     attn = model_args.attn_implementation = resolve_attention(config, model_args.attn_implementation)
     check_model_fits_objective(spec, config, attn, training_args)
     kind = family_of(config).kind
+    documents = resolve_document_attention(data_args.document_attention, config, spec, attn)
+    padding_free = not data_args.packing
+    if padding_free:
+        check_padding_free_batches(training_args)
+    # Tokens one micro-batch holds: a block per sequence, or at most max_tokens_per_batch in a padding-free row.
+    micro_batch_tokens = data_args.max_tokens_per_batch if padding_free else data_args.block_size
 
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and training_args.parallel_mode != ParallelMode.DISTRIBUTED:
@@ -241,7 +259,7 @@ def resolve_run(model_args: ModelArguments, data_args: DataArguments, training_a
         training_args.gradient_accumulation_steps = resolve_global_batch(
             training_args.world_size,
             training_args.per_device_train_batch_size,
-            data_args.block_size,
+            micro_batch_tokens,
             tokens=training_args.global_batch_tokens,
             sequences=training_args.global_batch_size,
         )
@@ -254,8 +272,9 @@ def resolve_run(model_args: ModelArguments, data_args: DataArguments, training_a
         # them in that order, which makes per-source token counts and the curriculum exact functions of the step.
         logger.info("The training blocks are stored in training order: reading them sequentially.")
         training_args.train_sampling_strategy = "sequential"
-    if data_args.curriculum_lengths:
-        training_args.remove_unused_columns = False  # block_index reaches the collator wrapper, which drops it
+    if data_args.curriculum_lengths or documents == ISOLATED:
+        # block_index and document_lengths reach the collator wrapper, which drops what the model does not take
+        training_args.remove_unused_columns = False
     if path == "streamed":
         training_args.ignore_data_skip = True  # the stream resumes at its stored position; nothing to skip
     resume_from = resolve_checkpoint(training_args)
@@ -277,11 +296,12 @@ def resolve_run(model_args: ModelArguments, data_args: DataArguments, training_a
         tokens_per_step=training_args.world_size
         * training_args.per_device_train_batch_size
         * training_args.gradient_accumulation_steps
-        * data_args.block_size,
+        * micro_batch_tokens,
         train_sampling_strategy=training_args.train_sampling_strategy,
         remove_unused_columns=training_args.remove_unused_columns,
         resume_from=resume_from,
         total_steps=None,
+        document_attention=documents,
         save_format=save_format(spec, config, model_args),
         load_as_decoder=as_decoder,
     )

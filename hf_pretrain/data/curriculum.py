@@ -18,7 +18,12 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-METADATA_COLUMNS = ("block_index", "source_id", "document_lengths")  # block bookkeeping, not model inputs
+import numpy as np
+
+from hf_pretrain.data.packing import block_document_lengths
+
+DOCUMENT_LENGTHS = "document_lengths"
+METADATA_COLUMNS = ("block_index", "source_id", DOCUMENT_LENGTHS)  # block bookkeeping, not model inputs
 UNITS = ("steps", "tokens")
 
 
@@ -101,19 +106,36 @@ class SequenceLengthCurriculum:
         return self.length_at_step(global_block // self.blocks_per_step)
 
 
+def split_document_lengths(pieces: Sequence[int], length: int) -> list[list[int]]:
+    """The `document_lengths` of a block cut into rows of `length` tokens: pieces that cross a row end are cut there.
+
+    >>> split_document_lengths([3, 6, 3], 4)
+    [[3, 1], [4], [1, 3]]
+    """
+    pieces = np.asarray(pieces, dtype=np.int64)
+    total = int(pieces.sum())
+    if total % length:
+        raise ValueError(f"A block of {total} tokens does not split into rows of {length}.")
+    return block_document_lengths(pieces, length, total // length).to_pylist()
+
+
 class CurriculumCollator:
     """Wrap a collator: drop block bookkeeping columns, and split blocks by the curriculum.
 
     Features with a `block_index` (the global block index g) are split into rows of the curriculum length of step
     g // blocks_per_step; features without one (evaluation) pass whole. Each row keeps its block's `block_index`
     for a wrapped collator that reads per-block state (one with `set_masking_schedule`); the others never see it.
+    With `documents=True` (document_attention: isolated) the blocks' `document_lengths` reach the wrapped collator,
+    cut with the rows, so every row's pieces sum to its length; else they are dropped (shared attention).
     Settings that change during training are forwarded explicitly (`set_masking_schedule`, `mlm_probability`):
     reads of other attributes go to the wrapped collator, writes would stay on this wrapper.
     """
 
-    def __init__(self, collator, curriculum: SequenceLengthCurriculum | None):
+    def __init__(self, collator, curriculum: SequenceLengthCurriculum | None, documents: bool = False):
         self.collator = collator
         self.curriculum = curriculum
+        self.documents = documents
+        self._dropped = tuple(c for c in METADATA_COLUMNS if not (documents and c == DOCUMENT_LENGTHS))
 
     def __getattr__(self, name):  # the wrapped collator's settings (set_epoch, tokenizer, ...), read only
         if name == "collator":
@@ -136,7 +158,7 @@ class CurriculumCollator:
         keep_index = hasattr(self.collator, "set_masking_schedule")
         rows = []
         for feature in features:
-            inputs = {key: value for key, value in feature.items() if key not in METADATA_COLUMNS}
+            inputs = {key: value for key, value in feature.items() if key not in self._dropped}
             index = feature.get("block_index")
             if index is not None and keep_index:
                 inputs["block_index"] = int(index)
@@ -145,7 +167,16 @@ class CurriculumCollator:
                 continue
             length = self.curriculum.length_of_block(int(index))
             ids = inputs.pop("input_ids")
-            rows.extend({**inputs, "input_ids": ids[start : start + length]} for start in range(0, len(ids), length))
+            starts = range(0, len(ids), length)
+            pieces = inputs.pop(DOCUMENT_LENGTHS, None)
+            if pieces is None:
+                rows.extend({**inputs, "input_ids": ids[start : start + length]} for start in starts)
+            else:
+                cut = split_document_lengths(pieces, length) if length < len(ids) else [list(pieces)]
+                rows.extend(
+                    {**inputs, "input_ids": ids[start : start + length], DOCUMENT_LENGTHS: row_pieces}
+                    for start, row_pieces in zip(starts, cut)
+                )
         return rows
 
     def __call__(self, features: Sequence[Mapping]):

@@ -47,15 +47,18 @@ def build_curriculum(data: TrainingData, data_args, training_args) -> SequenceLe
     return curriculum
 
 
-def attach(trainer, data: TrainingData, curriculum: SequenceLengthCurriculum | None, block_size: int) -> None:
-    """Give map-style training blocks their global index, wrap the trainer's collator for the curriculum and add the
-    data-position callbacks."""
+def attach(
+    trainer, data: TrainingData, curriculum: SequenceLengthCurriculum | None, block_size: int, documents: bool = False
+) -> None:
+    """Give map-style training blocks their global index, wrap the trainer's collator for the curriculum and the
+    blocks' document_lengths (`documents`: document_attention isolated) and add the data-position callbacks."""
     train = trainer.train_dataset
     if not isinstance(train, torch.utils.data.IterableDataset | BlockOrderDataset) and hasattr(train, "__len__"):
         trainer.train_dataset = BlockOrderDataset(train)  # read by global index: PretrainingTrainer._get_train_sampler
     front = []
+    if curriculum is not None or documents:  # the wrapper drops the block bookkeeping the model does not take
+        trainer.data_collator = CurriculumCollator(trainer.data_collator, curriculum, documents=documents)
     if curriculum is not None:
-        trainer.data_collator = CurriculumCollator(trainer.data_collator, curriculum)
         front.append(SequenceLengthCallback(trainer.data_collator))
     if len(data.names) > 1:
         blocks_per_epoch = None if data.stream is not None else len(data.train)
