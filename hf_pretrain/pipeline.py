@@ -186,7 +186,14 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments, traini
         callbacks=hub_revision_callbacks(publisher, training_args),  # each checkpoint to its own branch
     )
     # curriculum and document_lengths through the collator wrapper, data callbacks
-    setup.attach(trainer, data, curriculum, data_args.block_size, documents=run.document_attention == ISOLATED)
+    setup.attach(
+        trainer,
+        data,
+        curriculum,
+        data_args.block_size,
+        documents=run.document_attention == ISOLATED,
+        padding_free=not data_args.packing,
+    )
     setup.restore(data, run.resume_from)  # a stream continues where the checkpoint left it
     train_result = trainer.train(resume_from_checkpoint=run.resume_from)
     if model_args.lora_rank:  # the merged model in output_dir, the adapter alone in output_dir/adapter/

@@ -6,7 +6,9 @@
     streamed  a MixedBlockStream over streamed sources (held out: validation_files only)
 
 The training pipeline and the evaluation of a finished run call the same functions with the run's resolved
-arguments, so evaluation scores exactly the blocks the run held out (`held_out_blocks`).
+arguments, so evaluation scores exactly the blocks the run held out (`held_out_blocks`). Every path lays out its
+training and held-out rows alike (`training_data.pack_run_blocks`): blocks of block_size, or padding-free rows of
+whole documents with `packing: false` (classic and mixed), with `document_lengths` under isolated attention.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import os
 import datasets
 
 from hf_pretrain.data import training_data as block_data
-from hf_pretrain.data.packing import pack, tokenize_documents
+from hf_pretrain.data.packing import tokenize_documents
 from hf_pretrain.data.sources import load_documents
 from hf_pretrain.data.tokenizer import load_tokenizer, train_tokenizer
 from hf_pretrain.data.training_data import TrainingData
@@ -61,10 +63,8 @@ def _tokenizer(model_args, output_dir: str, documents, text_column: str, process
 
 
 def _classic_blocks(data_args, tokenizer, documents):
-    return pack(
-        tokenize_documents(documents, tokenizer, data_args.text_column, data_args.preprocessing_num_workers),
-        data_args.block_size,
-    )
+    tokenized = tokenize_documents(documents, tokenizer, data_args.text_column, data_args.preprocessing_num_workers)
+    return block_data.pack_run_blocks(tokenized, data_args)
 
 
 def build_data(model_args, data_args, training_args) -> TrainingData:

@@ -13,6 +13,11 @@ things free:
 - resume: the schedule restarts at any block index without replaying the ones before.
 
 Due times are integers (`SCALE / w_j` rounded), so ties and counts are exact in any order of computation.
+
+Padding-free rows (`packing: false`) are not of equal length, so mixing rows by count would not mix tokens by
+weight. `mix_rows` runs the same stride scheduling in tokens: source j's row is due at (tokens of its rows before
+it + half its own) / w_j. Every source's tokens then stay within a row of w_j · tokens at any point, but the count
+per source is no longer a closed form of the row index: `tokens_per_source` reads it from the mixture itself.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from datasets import Dataset
 from datasets.table import InMemoryTable
 
@@ -173,6 +179,11 @@ def mix_blocks(
                 "Source %r is repeated: %d blocks used of %d (%d passes).", name, counts[j], available[j], passes
             )
         info[name] = {"blocks_available": available[j], "blocks_used": int(counts[j]), "passes": passes}
+    return _gather(blocks, rows, order), info
+
+
+def _gather(blocks: Sequence[Dataset], rows: np.ndarray, order: np.ndarray) -> Dataset:
+    """Rows (n,) of the sources' tables laid end to end, with their `source_id` (n,): the columns all share."""
     columns = set.intersection(*(set(b.column_names) for b in blocks))
     tables = [
         (b.flatten_indices() if b._indices is not None else b).data.table.select(
@@ -182,4 +193,78 @@ def mix_blocks(
     ]
     table = pa.concat_tables(tables, promote_options="permissive").take(pa.array(rows))
     table = table.append_column("source_id", pa.array(order.astype(np.int16)))
-    return Dataset(InMemoryTable(table)), info
+    return Dataset(InMemoryTable(table))
+
+
+def _row_lengths(rows: Dataset) -> np.ndarray:
+    """Tokens of each row (n,): the lengths of its `input_ids`."""
+    table = (rows.flatten_indices() if rows._indices is not None else rows).data.table
+    return pc.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def mix_rows(
+    rows: Sequence[Dataset], weights: Sequence[float], names: Sequence[str] | None = None, seed: int = 0
+) -> tuple[Dataset, dict]:
+    """Interleave per-source rows of unequal length (padding-free rows) by token weight, in training order.
+
+    Each source's rows are shuffled (seeded, as `mix_blocks` shuffles blocks); a row is due at the virtual time
+    (tokens of its source's rows before it + half its own) / w_j, and rows are served by due time (ties to the
+    lower source index). The mixture stops when the first source runs out of tokens (at virtual time tokens_j /
+    w_j): nothing repeats, the sources not used up keep their other rows out (counted in the info). The result
+    carries a `source_id` column; `tokens_per_source` counts what a prefix of it holds.
+
+    Returns the dataset and per-source info: rows and tokens available and used.
+
+    >>> sources = [Dataset.from_dict({"input_ids": [[1] * 6, [1] * 2, [1] * 4]}),
+    ...            Dataset.from_dict({"input_ids": [[2] * 3] * 8})]
+    >>> mixed, info = mix_rows(sources, [1, 1], ["long", "short"])
+    >>> [len(ids) for ids in mixed["input_ids"]], list(mixed["source_id"])  # "long" shuffled to 4, 6, 2
+    ([3, 4, 3, 6, 3, 3, 2], [1, 0, 1, 0, 1, 1, 0])
+    >>> info["long"]["tokens_used"], info["short"]["tokens_used"]
+    (12, 12)
+    """
+    names = list(names) if names is not None else [f"source_{i}" for i in range(len(rows))]
+    fractions = normalize_weights(weights, names)
+    keys, owners, picks, sizes = [], [], [], []
+    for j, (name, source) in enumerate(zip(names, rows)):
+        if len(source) == 0:
+            raise ValueError(f"Source {name!r} has no row to mix: it is empty.")
+        permutation = _source_order(np.arange(len(source)), len(source), j, seed)  # (R_j,)
+        lengths = _row_lengths(source)[permutation]  # (R_j,) in the order the source is read
+        before = np.cumsum(lengths) - lengths  # (R_j,) tokens of the source's rows before each
+        keys.append((before + lengths / 2) / fractions[j])
+        owners.append(np.full(len(source), j, dtype=np.int64))
+        picks.append(permutation + sum(len(r) for r in rows[:j]))  # rows of the sources laid end to end
+        sizes.append(lengths)
+    available = np.array([lengths.sum() for lengths in sizes])  # (S,) tokens per source
+    keys, owners, picks, sizes = (np.concatenate(a) for a in (keys, owners, picks, sizes))  # (R,) each
+    kept = keys < (available / fractions).min()  # up to the first source's end: its own last row is due before
+    order = np.lexsort((owners[kept], keys[kept]))  # by due time, then by source index
+    owners, picks, sizes = owners[kept][order], picks[kept][order], sizes[kept][order]
+    info = {
+        name: {
+            "rows_available": len(rows[j]),
+            "rows_used": int((owners == j).sum()),
+            "tokens_available": int(available[j]),
+            "tokens_used": int(sizes[owners == j].sum()),
+        }
+        for j, name in enumerate(names)
+    }
+    return _gather(rows, picks, owners), info
+
+
+def tokens_per_source(mixed: Dataset, rows: int, num_sources: int) -> np.ndarray:
+    """Tokens from each source (S,) in the first `rows` rows of a mixture read in order, wrapping around into
+    further passes (epochs) of the whole mixture: exact for rows of any length (`mix_rows`), where the closed form
+    `MixingSchedule.counts(n) · block_size` holds only for equal blocks.
+
+    >>> mixed = Dataset.from_dict({"input_ids": [[7] * 3, [7] * 5, [7] * 2], "source_id": [1, 0, 1]})
+    >>> tokens_per_source(mixed, 2, 2).tolist(), tokens_per_source(mixed, 4, 2).tolist()
+    ([5, 3], [5, 8])
+    """
+    lengths = _row_lengths(mixed)  # (n,)
+    sources = np.asarray(mixed["source_id"], dtype=np.int64)  # (n,)
+    passes, rest = divmod(rows, len(mixed))
+    whole = np.bincount(sources, weights=lengths, minlength=num_sources) if passes else 0
+    prefix = np.bincount(sources[:rest], weights=lengths[:rest], minlength=num_sources)
+    return (passes * whole + prefix).astype(np.int64)

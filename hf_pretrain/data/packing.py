@@ -8,6 +8,10 @@ block is dropped. The streamed variant carries the remainder from one document t
 Blocks can also keep their document boundaries: `document_lengths` lists the lengths of the pieces of documents
 in each block (EOS included, summing to `block_size`), which is what a padding-free collator needs to restart
 positions and attention at every document instead of letting documents attend to each other.
+
+Without packing (`pack_documents`, `packing: false`) no document is cut at an arbitrary block edge: each one is
+split only where it exceeds `block_size`, and the pieces, in corpus order, fill padding-free rows of at most
+`max_tokens` tokens (one row is one batch), every row with its `document_lengths`.
 """
 
 from __future__ import annotations
@@ -163,24 +167,137 @@ def pack_blocks(tokenized: Dataset, block_size: int, document_lengths: bool = Fa
     return Dataset(InMemoryTable(pa.table(columns)))
 
 
-def _stream_blocks(tokenized: IterableDataset, block_size: int):
+def _stream_blocks(tokenized: IterableDataset, block_size: int, document_lengths: bool = False):
     buffer: list[int] = []
+    pieces: list[int] = []  # lengths of the document pieces in `buffer`, summing to len(buffer)
     for example in tokenized:
         buffer.extend(example["input_ids"])
+        pieces.append(len(example["input_ids"]))
         full = len(buffer) // block_size * block_size
         for start in range(0, full, block_size):
-            yield {"input_ids": buffer[start : start + block_size]}
+            row = {"input_ids": buffer[start : start + block_size]}
+            if document_lengths:  # take pieces up to the block edge, splitting the one that crosses it
+                row["document_lengths"], room = [], block_size
+                while room:
+                    take = min(room, pieces[0])
+                    row["document_lengths"].append(take)
+                    room -= take
+                    pieces[0] -= take
+                    if not pieces[0]:
+                        pieces.pop(0)
+            yield row
         del buffer[:full]
 
 
-def pack_stream(tokenized: IterableDataset, block_size: int) -> IterableDataset:
-    """The streamed counterpart of `pack_blocks`: same blocks, constant memory."""
+def pack_stream(tokenized: IterableDataset, block_size: int, document_lengths: bool = False) -> IterableDataset:
+    """The streamed counterpart of `pack_blocks`: same blocks (and document_lengths), constant memory."""
     return IterableDataset.from_generator(
-        _stream_blocks, gen_kwargs={"tokenized": tokenized, "block_size": block_size}
+        _stream_blocks,
+        gen_kwargs={"tokenized": tokenized, "block_size": block_size, "document_lengths": document_lengths},
     )
 
 
-def pack(tokenized: Dataset | IterableDataset, block_size: int) -> Dataset | IterableDataset:
+def pack(
+    tokenized: Dataset | IterableDataset, block_size: int, document_lengths: bool = False
+) -> Dataset | IterableDataset:
     if isinstance(tokenized, IterableDataset):
-        return pack_stream(tokenized, block_size)
-    return pack_blocks(tokenized, block_size)
+        return pack_stream(tokenized, block_size, document_lengths)
+    return pack_blocks(tokenized, block_size, document_lengths)
+
+
+MAX_LIST_VALUES = 2**31 - 1  # an Arrow list chunk has int32 offsets: longer columns are split into chunks
+
+
+def _list_column(values: pa.Array, offsets: np.ndarray) -> pa.ChunkedArray:
+    """Rows `values[offsets[i] : offsets[i + 1]]` as a list column; offsets (R + 1,) int64 from 0. Chunked so that
+    no chunk holds more than MAX_LIST_VALUES values (the corpus may hold more tokens than int32 offsets reach)."""
+    bounds = [0]  # first row of each chunk
+    while offsets[-1] - offsets[bounds[-1]] > MAX_LIST_VALUES:
+        bounds.append(int(np.searchsorted(offsets, offsets[bounds[-1]] + MAX_LIST_VALUES, side="right")) - 1)
+    bounds.append(len(offsets) - 1)
+    chunks = []
+    for first, last in zip(bounds[:-1], bounds[1:]):
+        local = (offsets[first : last + 1] - offsets[first]).astype(np.int32)  # (rows + 1,)
+        chunk_values = values.slice(int(offsets[first]), int(local[-1]))
+        chunks.append(pa.ListArray.from_arrays(pa.array(local), chunk_values))
+    return pa.chunked_array(chunks, type=pa.list_(values.type))
+
+
+def document_pieces(lengths: np.ndarray, block_size: int) -> np.ndarray:
+    """Documents of `lengths` (D,) split into pieces of at most `block_size`, in corpus order (P,): a document
+    longer than block_size gives full pieces, then its remainder.
+
+    >>> document_pieces(np.array([3, 1, 9]), 4).tolist()
+    [3, 1, 4, 4, 1]
+    """
+    counts = -(-lengths // block_size)  # (D,) pieces per document, ceil; 0 for an empty document
+    pieces = np.full(int(counts.sum()), block_size, dtype=np.int64)  # (P,)
+    nonempty = counts > 0
+    pieces[np.cumsum(counts)[nonempty] - 1] = lengths[nonempty] - (counts[nonempty] - 1) * block_size  # remainders
+    return pieces
+
+
+def greedy_rows(pieces: np.ndarray, max_tokens: int) -> np.ndarray:
+    """The first piece of each row, then P (R + 1,): consecutive pieces (P,), each at most max_tokens, grouped in
+    order into rows of at most `max_tokens` tokens, a new row starting when the next piece does not fit.
+
+    Greedy and order-keeping (no bin packing, which would reorder documents): one binary search per row on the
+    cumulative lengths, so a Python loop over rows, never over pieces or tokens.
+
+    >>> greedy_rows(np.array([3, 1, 4, 4, 1]), 8).tolist()
+    [0, 3, 5]
+    """
+    ends = np.cumsum(pieces)  # (P,) tokens up to the end of each piece
+    starts, used = [0], 0
+    while starts[-1] < len(pieces):
+        stop = int(np.searchsorted(ends, used + max_tokens, side="right"))  # the pieces that end within the row
+        starts.append(stop)
+        used = int(ends[stop - 1])
+    return np.asarray(starts, dtype=np.int64)
+
+
+def pack_documents(tokenized: Dataset, block_size: int, max_tokens: int) -> Dataset:
+    """Padding-free rows of whole documents: each document (as `tokenize_documents` frames it) cut only where it is
+    longer than `block_size`, the pieces grouped in corpus order (`greedy_rows`) into rows of at most `max_tokens`.
+
+    Each row has `input_ids` (its own length, no padding) and `document_lengths` (its pieces, at most block_size
+    each, summing to the row's length). Nothing is dropped: the last row may be short; concatenated, the rows are
+    the documents in order.
+
+    >>> documents = Dataset.from_dict({"input_ids": [[5, 6, 0], [0], [1, 2, 3, 4, 5, 6, 7, 8, 0]]})
+    >>> rows = pack_documents(documents, block_size=4, max_tokens=8)
+    >>> list(rows["input_ids"])
+    [[5, 6, 0, 0, 1, 2, 3, 4], [5, 6, 7, 8, 0]]
+    >>> list(rows["document_lengths"])
+    [[3, 1, 4], [4, 1]]
+    """
+    if isinstance(tokenized, IterableDataset):
+        raise ValueError("Padding-free rows (packing: false) are built from map-style documents: set packing: true.")
+    if max_tokens < block_size:
+        raise ValueError(
+            f"max_tokens_per_batch={max_tokens} is below block_size={block_size}: a row must hold the longest piece."
+        )
+    if tokenized._indices is not None:  # a select/shuffle view: materialise so the Arrow table is the view
+        tokenized = tokenized.flatten_indices()
+    column = tokenized.data.column("input_ids")
+    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False).astype(np.int64)  # (D,)
+    if lengths.sum() == 0:
+        raise ValueError(f"The corpus ({len(lengths)} documents) has no token to put in padding-free rows: add data.")
+    tokens = pa.concat_arrays(pc.list_flatten(column).chunks).cast(pa.int32())  # (N,)
+    pieces = document_pieces(lengths, block_size)  # (P,)
+    rows = greedy_rows(pieces, max_tokens)  # (R + 1,)
+    piece_offsets = np.concatenate([[0], np.cumsum(pieces)])  # (P + 1,)
+    table = pa.table(
+        {
+            "input_ids": _list_column(tokens, piece_offsets[rows]),
+            "document_lengths": _list_column(pa.array(pieces, type=pa.int32()), rows),
+        }
+    )
+    num_rows = len(rows) - 1
+    logger.info(
+        "Padding-free rows: %d documents in %d pieces of at most %d tokens, %d rows of at most %d tokens, %d tokens "
+        "(fill %.3f of rows x max_tokens); nothing dropped.",
+        len(lengths), len(pieces), block_size, num_rows, max_tokens, len(tokens),
+        len(tokens) / (num_rows * max_tokens),
+    )  # fmt: skip
+    return Dataset(InMemoryTable(table))

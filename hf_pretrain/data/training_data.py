@@ -7,6 +7,12 @@
 
 Data in training order is read sequentially (`train_sampling_strategy: sequential`), which is what makes the
 per-source token counts and the curriculum exact functions of the global step (see callbacks/data_position.py).
+
+Every path's rows have one layout, the same for training and held-out data (`pack_run_blocks`): blocks of
+block_size, or with `packing: false` padding-free rows of whole documents (`pack_documents`, mixed by tokens with
+`mix_rows`). With `document_attention: isolated` every row carries `document_lengths`. With `shared` nothing new
+is computed: classic and validation_files blocks hold `input_ids` only, as before, while per-source, prepared and
+streamed blocks keep the `document_lengths` they always carried (unused under shared: the collators strip them).
 """
 
 from __future__ import annotations
@@ -18,8 +24,8 @@ from dataclasses import dataclass, field
 
 from datasets import Dataset, concatenate_datasets
 
-from hf_pretrain.data.mixing import mix_blocks
-from hf_pretrain.data.packing import pack_blocks, tokenize_documents
+from hf_pretrain.data.mixing import mix_blocks, mix_rows
+from hf_pretrain.data.packing import pack, pack_documents, tokenize_documents
 from hf_pretrain.data.prepare import load_prepared
 from hf_pretrain.data.sources import SourceSpec, _drop_blank, parse_sources, read_files
 from hf_pretrain.data.streaming import MixedBlockStream, SourceStream
@@ -112,18 +118,39 @@ def load_source_documents(data_args, seed: int) -> tuple[list[Dataset], list[Dat
     return train, held_out, specs
 
 
+def keeps_document_lengths(data_args) -> bool:
+    """Whether the classic and validation_files blocks carry `document_lengths` (see the module docstring)."""
+    return data_args.document_attention == "isolated"  # packing: false needs isolated (check_padding_free)
+
+
+def pack_run_blocks(tokenized, data_args, document_lengths: bool | None = None):
+    """Tokenized documents in the run's layout: padding-free rows (`packing: false`) or blocks of block_size, with
+    `document_lengths` when asked (None: `keeps_document_lengths`). Training and held-out data both come here."""
+    if not data_args.packing:
+        return pack_documents(tokenized, data_args.block_size, data_args.max_tokens_per_batch)
+    keep = keeps_document_lengths(data_args) if document_lengths is None else document_lengths
+    return pack(tokenized, data_args.block_size, document_lengths=keep)
+
+
 def source_blocks(documents: Dataset, tokenizer, data_args) -> Dataset:
-    """One source's documents ('text' column) tokenized and packed into blocks with their document_lengths."""
+    """One source's documents ('text' column) tokenized and packed with their document_lengths (always, as before:
+    prepared data stores them too)."""
     tokenized = tokenize_documents(documents, tokenizer, "text", data_args.preprocessing_num_workers)
-    return pack_blocks(tokenized, data_args.block_size, document_lengths=True)
+    return pack_run_blocks(tokenized, data_args, document_lengths=True)
 
 
 def mixed_data(data_args, tokenizer, train_docs, held_out, specs, seed: int) -> TrainingData:
-    """Pack every source and mix the blocks by weight, in training order (nothing repeats)."""
+    """Pack every source and mix by weight, in training order (nothing repeats): blocks by count (all of one
+    length), padding-free rows by tokens (`mix_rows`)."""
     names, weights = [s.name for s in specs], [s.weight for s in specs]
     blocks = [source_blocks(documents, tokenizer, data_args) for documents in train_docs]
-    train, info = mix_blocks(blocks, weights, names, seed=seed)
-    logger.info("Mixed %d blocks from %s.", len(train), {name: i["blocks_used"] for name, i in info.items()})
+    if data_args.packing:
+        train, info = mix_blocks(blocks, weights, names, seed=seed)
+        logger.info("Mixed %d blocks from %s.", len(train), {name: i["blocks_used"] for name, i in info.items()})
+    else:
+        train, info = mix_rows(blocks, weights, names, seed=seed)
+        used = {name: f"{i['tokens_used']} of {i['tokens_available']} tokens" for name, i in info.items()}
+        logger.info("Mixed %d padding-free rows by tokens: %s.", len(train), used)
     evaluation = [source_blocks(d, tokenizer, data_args) for d in held_out if d is not None and len(d)]
     given = validation_file_blocks(data_args, tokenizer)  # validation_files replace the per-source split
     return TrainingData(
@@ -143,9 +170,8 @@ def validation_file_blocks(data_args, tokenizer) -> Dataset | None:
     documents = _drop_blank(
         read_files(data_args.validation_files, data_args.text_sample_by), data_args.text_column, "validation_files"
     )
-    return pack_blocks(
-        tokenize_documents(documents, tokenizer, data_args.text_column, data_args.preprocessing_num_workers),
-        data_args.block_size,
+    return pack_run_blocks(
+        tokenize_documents(documents, tokenizer, data_args.text_column, data_args.preprocessing_num_workers), data_args
     )
 
 

@@ -14,12 +14,14 @@ The Trainer arguments these need (sequential reading of data in training order, 
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import torch
 
 from hf_pretrain.checkpoint_state import stream_position_from_checkpoint
 from hf_pretrain.data.block_order import BlockOrderDataset
 from hf_pretrain.data.curriculum import CurriculumCollator, SequenceLengthCurriculum
+from hf_pretrain.data.mixing import tokens_per_source
 from hf_pretrain.data.training_data import TrainingData, blocks_per_step, total_steps
 from hf_pretrain.training.callbacks.data_position import (
     SequenceLengthCallback,
@@ -48,7 +50,12 @@ def build_curriculum(data: TrainingData, data_args, training_args) -> SequenceLe
 
 
 def attach(
-    trainer, data: TrainingData, curriculum: SequenceLengthCurriculum | None, block_size: int, documents: bool = False
+    trainer,
+    data: TrainingData,
+    curriculum: SequenceLengthCurriculum | None,
+    block_size: int,
+    documents: bool = False,
+    padding_free: bool = False,
 ) -> None:
     """Give map-style training blocks their global index, wrap the trainer's collator for the curriculum and the
     blocks' document_lengths (`documents`: document_attention isolated) and add the data-position callbacks."""
@@ -62,7 +69,9 @@ def attach(
         front.append(SequenceLengthCallback(trainer.data_collator))
     if len(data.names) > 1:
         blocks_per_epoch = None if data.stream is not None else len(data.train)
-        front.append(SourceTokensCallback(data.names, data.weights, block_size, blocks_per_epoch))
+        # padding-free rows (packing: false) differ in length: count their tokens, not rows x block_size
+        tokens = partial(tokens_per_source, data.train, num_sources=len(data.names)) if padding_free else None
+        front.append(SourceTokensCallback(data.names, data.weights, block_size, blocks_per_epoch, tokens))
     for callback in front:  # first, so the values are in `logs` before reporters and the printer see them
         trainer.callback_handler.callbacks.insert(0, callback)
     if data.stream is not None:

@@ -43,14 +43,24 @@ class SourceTokensCallback(TrainerCallback):
     """
 
     def __init__(
-        self, names: Sequence[str], weights: Sequence[float], block_size: int, blocks_per_epoch: int | None = None
+        self,
+        names: Sequence[str],
+        weights: Sequence[float],
+        block_size: int,
+        blocks_per_epoch: int | None = None,
+        tokens_of_rows=None,
     ):
         self.names = list(names)
         self.schedule = MixingSchedule(weights, names)
         self.block_size = block_size
         self.blocks_per_epoch = blocks_per_epoch
+        # rows -> tokens per source (S,), for rows of unequal length (packing: false), where counts x block_size
+        # would be wrong: `hf_pretrain.data.mixing.tokens_per_source` over the mixture itself.
+        self.tokens_of_rows = tokens_of_rows
 
     def tokens_after(self, blocks: int) -> dict[str, int]:
+        if self.tokens_of_rows is not None:
+            return {f"tokens_seen/{name}": int(t) for name, t in zip(self.names, self.tokens_of_rows(blocks))}
         counts = self.schedule.counts(blocks) if not self.blocks_per_epoch else None
         if counts is None:
             epochs, rest = divmod(blocks, self.blocks_per_epoch)
