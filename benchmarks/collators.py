@@ -6,7 +6,13 @@ Inputs are pre-tokenized batches given as plain Python lists of ints (as `datase
 8 x 4096 blocks of real tokenized text, and ragged batches (64 documents of 128..512 tokens) for padding-free rows.
 Each row times the baseline and ours interleaved in the same run (`_timing.interleaved_medians`), so the ratio is
 robust to machine load. Targets (issue 3): MLM >= 5x `DataCollatorForLanguageModeling(mlm=True)` and >= 10 M
-tokens/s (64 x 512 in <= 3.3 ms).
+tokens/s (64 x 512 in <= 3.3 ms), with `document_lengths` too (`attention_on_device=True`, the recipe's path).
+
+`document_rows` times, in one interleaved group per objective and shape, transformers' collator (the named
+baseline, on the same blocks without document lengths), ours without document lengths, and ours with them in each
+form: the compact device form (`attention_on_device=True`) and the default form that isolates documents in the
+batch itself (CLM: no attention_mask; MLM, and CLM with `attn_implementation`: a (B, 1, T, T) mask). The label
+gives each with-documents row's time relative to ours without them.
 
 Rows come from the functions in `ROWS`, each `fn(ctx: Context) -> list[row]`; a row is
 `[collator, batch shape, ms/batch (ours), Mtok/s (ours), baseline ms/batch, speed-up]`, best made with
@@ -100,16 +106,39 @@ class Context:
             other = baseline_features if baseline_features is not None else features
             fns.insert(0, lambda: baseline(other))
         times = interleaved_medians(fns, rounds=self.rounds)
-        ours_s = times[-1]
-        base_s = times[0] if baseline is not None else None
-        return [
-            label,
-            shape,
-            ours_s * 1e3,
-            n_tokens / ours_s / 1e6,
-            base_s * 1e3 if base_s is not None else "-",
-            f"{base_s / ours_s:.1f}x" if base_s is not None else "-",
+        return _row(label, shape, n_tokens, times[-1], times[0] if baseline is not None else None)
+
+    def measure_group(
+        self,
+        shape: str,
+        baseline: Callable[[Sequence[dict]], object],
+        baseline_features: Sequence[dict],
+        candidates: Sequence[tuple[str, Callable[[Sequence[dict]], object], Sequence[dict]]],
+    ) -> list[Row]:
+        """Time the baseline and every (label, collator, features) candidate interleaved in one group, so their
+        ratios share the machine's load; the first candidate is the reference of the others' relative cost."""
+        fns = [lambda: baseline(baseline_features)] + [
+            (lambda fn=fn, features=features: fn(features)) for _, fn, features in candidates
         ]
+        base_s, *times = interleaved_medians(fns, rounds=self.rounds)
+        rows = []
+        for (label, _, features), ours_s in zip(candidates, times):
+            if rows:
+                label = f"{label} ({ours_s / times[0]:.2f}x the time without)"
+            n_tokens = sum(len(f["input_ids"]) for f in features)
+            rows.append(_row(label, shape, n_tokens, ours_s, base_s))
+        return rows
+
+
+def _row(label: str, shape: str, n_tokens: int, ours_s: float, base_s: float | None) -> Row:
+    return [
+        label,
+        shape,
+        ours_s * 1e3,
+        n_tokens / ours_s / 1e6,
+        base_s * 1e3 if base_s is not None else "-",
+        f"{base_s / ours_s:.1f}x" if base_s is not None else "-",
+    ]
 
 
 def mlm_rows(ctx: Context) -> list[Row]:
@@ -187,16 +216,49 @@ def with_document_lengths(features: Sequence[dict], mean_length: int = 300, seed
 
 
 def document_rows(ctx: Context) -> list[Row]:
-    """The cost of document isolation: the same blocks with and without `document_lengths` (the baseline)."""
+    """The cost of document isolation: per objective and shape, transformers' collator (the named baseline), ours
+    without `document_lengths`, and ours with them in the device form and in the default (in-batch) form."""
     tok = ctx.tokenizer
+    mlm_baseline = DataCollatorForLanguageModeling(tok, mlm=True)
+    clm_baseline = DataCollatorForLanguageModeling(tok, mlm=False)
     rows = []
-    for label, collator in [
-        ("MLM + document_lengths (vs without)", DataCollatorForMaskedLM(tok, seed=0)),
-        ("CLM + document_lengths (vs without)", DataCollatorForCausalLM(tok)),
-    ]:
-        for b, t in [(64, 512), (8, 4096)]:
-            plain = ctx.blocks(b, t)
-            rows.append(ctx.measure(label, f"{b} x {t}", collator, collator, with_document_lengths(plain), plain))
+    for b, t in [(64, 512), (8, 4096)]:
+        plain = ctx.blocks(b, t)
+        documents = with_document_lengths(plain)
+        shape = f"{b} x {t}"
+        rows += ctx.measure_group(
+            shape,
+            mlm_baseline,
+            plain,
+            [
+                ("MLM, no document_lengths (vs HF mlm=True)", DataCollatorForMaskedLM(tok, seed=0), plain),
+                (
+                    "MLM + document_lengths, attention_on_device=True",
+                    DataCollatorForMaskedLM(tok, seed=0, attention_on_device=True),
+                    documents,
+                ),
+                ("MLM + document_lengths, default: 4D sdpa mask", DataCollatorForMaskedLM(tok, seed=0), documents),
+            ],
+        )
+        rows += ctx.measure_group(
+            shape,
+            clm_baseline,
+            plain,
+            [
+                ("CLM, no document_lengths (vs HF mlm=False)", DataCollatorForCausalLM(tok), plain),
+                (
+                    "CLM + document_lengths, attention_on_device=True",
+                    DataCollatorForCausalLM(tok, attention_on_device=True),
+                    documents,
+                ),
+                ("CLM + document_lengths, default: no attention_mask", DataCollatorForCausalLM(tok), documents),
+                (
+                    "CLM + document_lengths, attn_implementation='sdpa': 4D mask",
+                    DataCollatorForCausalLM(tok, attn_implementation="sdpa"),
+                    documents,
+                ),
+            ],
+        )
     return rows
 
 
@@ -220,16 +282,20 @@ def build_context(rounds: int) -> Context:
 def main(argv: Sequence[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30, help="timed rounds per row (after 3 warm-up calls)")
+    parser.add_argument(
+        "--only", choices=[fn.__name__ for fn in ROWS], nargs="+", help="run only these row groups (default: all)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     ctx = build_context(args.rounds)
-    row_functions = list(ROWS)
+    row_functions = [fn for fn in ROWS if not args.only or fn.__name__ in args.only]
     try:
         from _span_cases import span_rows  # written alongside the span-corruption / prefix-LM / UL2 collators
     except ImportError:
         pass
     else:
-        row_functions.append(lambda ctx: [_six_columns(row) for row in span_rows(ctx.rounds)])
+        if not args.only:
+            row_functions.append(lambda ctx: [_six_columns(row) for row in span_rows(ctx.rounds)])
     rows = [row for fn in row_functions for row in fn(ctx)]
     table = format_table(HEADERS, rows)
     print(

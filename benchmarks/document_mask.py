@@ -69,13 +69,22 @@ def packed_batch(device: str) -> dict[str, torch.Tensor]:
     }
 
 
-def step_fn(model, batch, isolate: bool, implementation: str):
+MODES = {
+    "shared": "shared (padding mask)",
+    "dense": "isolated (4D mask on the device)",
+    "native": "isolated (position_ids, no mask)",
+}
+
+
+def step_fn(model, batch, mode: str, implementation: str):
     def step():
         inputs = dict(batch)
-        if isolate:
+        if mode == "dense":
             inputs = isolate_documents(inputs, causal=True, implementation=implementation, dtype=model.dtype)
         else:
-            inputs["position_ids"] = document_position_ids(inputs.pop("document_ids"))  # same positions, shared
+            inputs["position_ids"] = document_position_ids(inputs.pop("document_ids"))  # same positions
+            if mode == "native":  # transformers' own packed-sequence mask (find_packed_sequence_indices)
+                inputs.pop("attention_mask")
         model(**inputs).loss.backward()
         model.zero_grad(set_to_none=True)
         if batch["input_ids"].is_cuda:
@@ -110,17 +119,17 @@ def main() -> None:
     cases = []
     for implementation in ("eager", "sdpa"):
         model = build_model(implementation, args.device)
-        for isolate in (False, True):
-            cases.append((implementation, isolate, step_fn(model, batch, isolate, implementation)))
+        for mode in MODES:
+            cases.append((implementation, mode, step_fn(model, batch, mode, implementation)))
     seconds = interleaved_medians([step for *_, step in cases], rounds=args.rounds, warmup=1)
     memory = [peak_bytes(step, args.device) for *_, step in cases]
     rows = []
-    for i, (implementation, isolate, _) in enumerate(cases):
-        base = i - 1 if isolate else i  # the shared case of the same implementation
+    for i, (implementation, mode, _) in enumerate(cases):
+        base = i - list(MODES).index(mode)  # the shared case of the same implementation
         rows.append(
             [
                 implementation,
-                "isolated (4D mask)" if isolate else "shared (padding mask)",
+                MODES[mode],
                 seconds[i] * 1e3,
                 seconds[i] / seconds[base],
                 memory[i] / 2**20,
@@ -129,6 +138,89 @@ def main() -> None:
         )
     print(f"device={args.device}, torch {torch.__version__}, B={BATCH}, T={BLOCK}, rounds={args.rounds}")
     print(format_table(["attn", "attention", "step ms", "time ×", "peak MiB", "memory ×"], rows))
+    print()
+    padding_free_table(args)
+
+
+def short_documents(count: int, generator) -> list[torch.Tensor]:
+    """Sentence-like documents: 8..96 tokens, most short (a geometric-like spread)."""
+    lengths = (8 + torch.distributions.Exponential(1 / 24).sample((count,)).clamp(max=88)).long()
+    return [torch.randint(0, 8192, (int(n),), generator=generator) for n in lengths]
+
+
+def padded_step(model, documents, device):
+    """Whole documents as rows, padded to the longest of the batch (labels -100 on padding)."""
+    width = max(len(d) for d in documents)
+    ids = torch.zeros(len(documents), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, document in enumerate(documents):
+        ids[i, : len(document)], mask[i, : len(document)] = document, 1
+    labels = ids.masked_fill(mask == 0, -100)
+    inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+
+    def step():
+        model(**inputs).loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    return step, float(1 - mask.float().mean())
+
+
+def padding_free_step(model, documents, device, implementation):
+    """The same documents flattened into one row, each attending to itself (4D mask built on the device)."""
+    ids = torch.cat(documents)[None]  # (1, N)
+    document_ids = torch.repeat_interleave(torch.arange(len(documents)), torch.tensor([len(d) for d in documents]))
+    batch = {"input_ids": ids.to(device), "labels": ids.to(device), "document_ids": document_ids[None].to(device)}
+
+    def step():
+        inputs = isolate_documents(batch, causal=True, implementation=implementation, dtype=model.dtype)
+        model(**inputs).loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    return step
+
+
+def padding_free_table(args) -> None:
+    """packing: false against padded batches of whole documents: real tokens per second, padding computed."""
+    generator = torch.Generator().manual_seed(1)
+    documents = short_documents(256, generator)
+    budget = 2048
+    rows_free, row, used = [], [], 0  # greedy rows of at most `budget` tokens, in corpus order
+    for document in documents:
+        if used + len(document) > budget:
+            rows_free.append(row)
+            row, used = [], 0
+        row.append(document)
+        used += len(document)
+    rows_free.append(row)
+    batch_docs = 32
+    cases, labels = [], []
+    for implementation in ("eager", "sdpa"):
+        model = build_model(implementation, args.device)
+        padded = [padded_step(model, documents[i : i + batch_docs], args.device) for i in range(0, 256, batch_docs)]
+        free = [padding_free_step(model, r, args.device, implementation) for r in rows_free]
+        padding = sum(p for _, p in padded) / len(padded)
+
+        def run_all(steps=tuple(s for s, _ in padded)):
+            for step in steps:
+                step()
+
+        def run_free(steps=tuple(free)):
+            for step in steps:
+                step()
+
+        cases += [run_all, run_free]
+        labels += [
+            (implementation, f"padded, {batch_docs} documents a batch", padding),
+            (implementation, f"padding-free, rows of {budget}", 0.0),
+        ]
+    seconds = interleaved_medians(cases, rounds=args.rounds, warmup=1)
+    tokens = sum(len(d) for d in documents)
+    table = []
+    for i, ((implementation, layout, padding), second) in enumerate(zip(labels, seconds)):
+        base = seconds[i - i % 2]
+        table.append([implementation, layout, padding * 100, tokens / second, base / second])
+    print(f"{len(documents)} short documents, {tokens} tokens; padding-free rows: {len(rows_free)}")
+    print(format_table(["attn", "layout", "padding %", "real tokens/s", "speed ×"], table))
 
 
 if __name__ == "__main__":

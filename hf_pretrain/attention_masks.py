@@ -41,6 +41,49 @@ def unsupported_implementation(implementation: str) -> ValueError:
     )
 
 
+def _check_shapes(document_ids: torch.Tensor, prefix_mask: torch.Tensor | None) -> None:
+    if document_ids.dim() != 2:
+        raise ValueError(f"document_ids must be (batch, length), got shape {tuple(document_ids.shape)}.")
+    if prefix_mask is not None and prefix_mask.shape != document_ids.shape:
+        raise ValueError(
+            f"prefix_mask {tuple(prefix_mask.shape)} must have document_ids' shape {tuple(document_ids.shape)}."
+        )
+
+
+def _key_ranges(document_ids, real, causal: bool, prefix) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(lo, hi) (B, T): the keys query i may see are exactly [lo, hi), or None when that does not hold (documents
+    that are not contiguous, or a prefix that does not start its document)."""
+    batch, length = document_ids.shape
+    arange = torch.arange(length, device=document_ids.device).expand(batch, length)  # (B, T)
+    starts = torch.ones_like(real)
+    starts[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
+    lo = torch.where(starts, arange, torch.zeros_like(arange)).cummax(-1).values  # (B, T) first token of own run
+    # A document id that comes back after another run is not contiguous: the ranges would miss its first run.
+    run_id = starts.cumsum(-1)  # (B, T) index of each contiguous run
+    first_run = torch.full((batch, length + 1), length + 1, device=document_ids.device, dtype=run_id.dtype)
+    slot = (document_ids + 1).clamp(min=0)  # (B, T); padding (-1) -> slot 0, never checked
+    first_run.scatter_reduce_(1, slot, run_id, reduce="amin")
+    if (real & (first_run.gather(1, slot) != run_id)).any():
+        return None
+    ends = torch.ones_like(real)
+    ends[:, :-1] = starts[:, 1:]
+    flipped = torch.where(ends, arange, torch.full_like(arange, length)).flip(-1).cummin(-1).values.flip(-1)
+    end = flipped + 1  # (B, T) one past the last token of own run
+    if not causal:
+        hi = end
+    elif prefix is None:
+        hi = arange + 1
+    else:
+        in_prefix = prefix & real
+        count = torch.zeros_like(arange).scatter_add_(1, run_id - 1, in_prefix.long())  # (B, T) prefix tokens per run
+        prefix_end = lo + count.gather(1, run_id - 1)  # (B, T)
+        if (in_prefix != ((arange < prefix_end) & real)).any():  # prefix tokens not at the start of their document
+            return None
+        hi = torch.maximum(arange + 1, prefix_end)
+    # Padding sees only itself (see the module docstring); real tokens never see padding, which is its own run.
+    return torch.where(real, lo, arange), torch.where(real, hi, arange + 1)
+
+
 def attention_pattern(
     document_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
@@ -49,32 +92,46 @@ def attention_pattern(
     prefix_mask: torch.Tensor | None = None,
     sliding_window: int | None = None,
 ) -> torch.Tensor:
-    """(B, T, T) bool: query i may attend to key j (see the module docstring)."""
-    if document_ids.dim() != 2:
-        raise ValueError(f"document_ids must be (batch, length), got shape {tuple(document_ids.shape)}.")
+    """(B, T, T) bool: query i may attend to key j (see the module docstring).
+
+    Documents are contiguous in packed rows and prefixes start their document, so each query sees one range of
+    keys [lo, hi): two comparisons per (T, T) entry instead of a block-diagonal equality, two padding masks, the
+    direction and the diagonal. Other layouts take the general formula.
+    """
+    _check_shapes(document_ids, prefix_mask)
     device = document_ids.device
     real = document_ids >= 0  # (B, T)
     if attention_mask is not None:
         real = real & attention_mask.to(device=device, dtype=torch.bool)
-    same = document_ids[:, :, None] == document_ids[:, None, :]  # (B, T, T): block-diagonal by document
-    allowed = same & real[:, :, None] & real[:, None, :]  # padding neither as query nor as key
+    prefix = prefix_mask.to(device=device, dtype=torch.bool) if prefix_mask is not None else None
+    documents = torch.where(real, document_ids, torch.full_like(document_ids, -1))
     length = document_ids.shape[-1]
     q = torch.arange(length, device=device)[:, None]  # (T, 1)
     kv = torch.arange(length, device=device)[None, :]  # (1, T)
-    if causal:
-        direction = kv <= q  # (T, T)
-        if prefix_mask is not None:
-            if prefix_mask.shape != document_ids.shape:
-                raise ValueError(
-                    f"prefix_mask {tuple(prefix_mask.shape)} must have document_ids' shape {tuple(document_ids.shape)}."
-                )
-            prefix = prefix_mask.to(device=device, dtype=torch.bool)
-            direction = direction | (prefix[:, :, None] & prefix[:, None, :])  # (B, T, T)
-        allowed = allowed & direction
+    ranges = _key_ranges(documents, real, causal, prefix)
+    if ranges is not None:
+        lo, hi = ranges  # lo <= i < hi: the diagonal is in every range already
+        allowed = torch.ge(kv, lo[..., None]).logical_and_(kv < hi[..., None])  # (B, T, T)
+    else:
+        allowed = general_pattern(documents, real, causal, prefix) | (q == kv)
     if sliding_window is not None:
         # transformers' overlays: causal `kv > q - w` (sliding_window_overlay), bidirectional `|q - kv| <= w`
-        allowed = allowed & ((kv > q - sliding_window) if causal else ((q - kv).abs() <= sliding_window))
-    return allowed | (q == kv)
+        allowed &= ((kv > q - sliding_window) if causal else ((q - kv).abs() <= sliding_window)) | (q == kv)
+    return allowed
+
+
+def general_pattern(document_ids, real, causal: bool, prefix) -> torch.Tensor:
+    """The pattern straight from its definition (any layout): same document, both real, and j <= i or both prefix."""
+    same = document_ids[:, :, None] == document_ids[:, None, :]  # (B, T, T): block-diagonal by document
+    allowed = same & real[:, :, None] & real[:, None, :]  # padding neither as query nor as key
+    if causal:
+        length = document_ids.shape[-1]
+        q = torch.arange(length, device=document_ids.device)[:, None]
+        direction = torch.arange(length, device=document_ids.device)[None, :] <= q  # (T, T)
+        if prefix is not None:
+            direction = direction | (prefix[:, :, None] & prefix[:, None, :])  # (B, T, T)
+        allowed = allowed & direction
+    return allowed
 
 
 def in_format(allowed: torch.Tensor, implementation: str, dtype: torch.dtype | None = None) -> torch.Tensor:

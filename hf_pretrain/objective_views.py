@@ -46,6 +46,12 @@ class MultiObjectiveCollator:
 
     Keys are `<phase>::<key>`; `select_view` picks one in the main process at the step, so the switch lands on
     the exact global step whatever the DataLoader workers have prefetched.
+
+    Packed blocks (`document_lengths`): both views restart `position_ids` per document and keep attention inside
+    each document in the form the two collators' shared `attention_on_device` asks for: the compact
+    `document_ids` for `PretrainingTrainer` (True, the recipe), or each view finished by its own collator (False:
+    the causal view without `attention_mask`, or with its causal 4D mask; the masked view with its bidirectional
+    4D mask).
     """
 
     masked: DataCollatorForMaskedLM
@@ -53,6 +59,11 @@ class MultiObjectiveCollator:
     phases: Sequence[str] = field(default=("clm_unshifted", "mlm"))
 
     def __post_init__(self):
+        if self.masked.attention_on_device != self.causal.attention_on_device:
+            raise ValueError(
+                f"attention_on_device differs between the masked ({self.masked.attention_on_device}) and causal "
+                f"({self.causal.attention_on_device}) collators; the views of one batch need one form."
+            )
         views = {"clm_unshifted": self._causal_view, "mlm": self.masked.mask_tokens}
         unknown = [name for name in self.phases if name not in views]
         if unknown:
@@ -62,7 +73,7 @@ class MultiObjectiveCollator:
     def _causal_view(self, collated: Mapping) -> dict:
         # Columns only the masking transform reads (block_index: its rate schedule): no model inputs.
         view = {k: v for k, v in collated.items() if k not in _MASKING_ONLY}
-        view = self.causal.add_labels(view)  # labels: the inputs, -100 at padding
+        view = self.causal.add_labels(view)  # labels: the inputs, -100 at padding (and document starts)
         view["labels"] = next_token_targets(view["labels"])
         return view
 

@@ -152,21 +152,24 @@ def _seq2seq_kwargs(context: CollatorContext) -> dict:
     kwargs = {"decoder_only": context.decoder_only, "seed": context.args.seed}
     if context.decoder_only:  # the 4D mask in the form the model's attention consumes
         kwargs["attn_implementation"] = context.attn_implementation
+        # ... built by PretrainingTrainer on the device from document_ids + prefix_mask, never in the workers
+        kwargs["attention_on_device"] = True
     return kwargs
 
 
 def _clm_collator(context: CollatorContext):
-    return DataCollatorForCausalLM(context.tokenizer)
+    # PretrainingTrainer builds the document mask on the device (`document_ids`), not the DataLoader worker.
+    return DataCollatorForCausalLM(context.tokenizer, attention_on_device=True)
 
 
 def _mlm_collator(context: CollatorContext):
-    return DataCollatorForMaskedLM(context.tokenizer, **_masked_kwargs(context.args))
+    return DataCollatorForMaskedLM(context.tokenizer, **_masked_kwargs(context.args), attention_on_device=True)
 
 
 def _clm_then_mlm_collator(context: CollatorContext):
     return MultiObjectiveCollator(
-        DataCollatorForMaskedLM(context.tokenizer, **_masked_kwargs(context.args)),
-        DataCollatorForCausalLM(context.tokenizer),
+        DataCollatorForMaskedLM(context.tokenizer, **_masked_kwargs(context.args), attention_on_device=True),
+        DataCollatorForCausalLM(context.tokenizer, attention_on_device=True),
     )
 
 

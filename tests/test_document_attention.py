@@ -17,7 +17,7 @@ from hf_pretrain.data.curriculum import CurriculumCollator, split_document_lengt
 from hf_pretrain.data.tokenizer import train_tokenizer
 from hf_pretrain.resolve import load_resolved
 
-WORDS = "the a of and to river stone light quiet north wind carries seeds over old walls fields".split()
+WORDS = ["the", "a", "of", "and", "to", "river", "stone", "light", "quiet", "north", "wind", "carries", "seeds", "over", "old", "walls", "fields"]  # fmt: skip
 TINY = [
     "--model_preset", "llama-tiny", "--block_size", "32", "--per_device_train_batch_size", "4",
     "--per_device_eval_batch_size", "64", "--learning_rate", "3e-3", "--logging_steps", "1", "--seed", "0",
@@ -162,3 +162,63 @@ def test_shared_attention_is_todays_packing(corpus, tmp_path, monkeypatch):
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     blocks = trainer.eval_dataset[:]
     assert metrics["eval_loss"] == pytest.approx(_shared_loss(model, blocks), rel=1e-5)
+
+
+# --- packed blocks and padding-free rows of the same documents -----------------------------------------------------
+
+
+def _tiling_corpus(folder, tokenizer, blocks: int, block_size: int, seed: int = 0) -> str:
+    """Documents whose framed lengths (tokens + EOS) tile blocks of `block_size` exactly, so packed blocks and
+    padding-free rows hold the same whole documents in the same order."""
+    from hf_pretrain.data.packing import encode_documents
+
+    rng = np.random.default_rng(seed)
+    pool = [" ".join(rng.choice(WORDS, rng.integers(1, 5))) for _ in range(600)]
+    by_length = {}
+    for text, length in zip(pool, encode_documents(tokenizer, pool)[1].tolist()):
+        by_length.setdefault(length, []).append(text)
+    assert {2, 3} <= set(by_length)  # any remainder >= 2 can be filled
+    texts = []
+    for _ in range(blocks):
+        remaining = block_size
+        while remaining:
+            fits = [n for n in by_length if n <= remaining and remaining - n != 1]
+            n = remaining if remaining in by_length else int(rng.choice(fits))
+            texts.append(by_length[n][int(rng.integers(len(by_length[n])))])
+            remaining -= n
+    path = folder / "tiling.jsonl"
+    path.write_text("".join(json.dumps({"text": text}) + "\n" for text in texts))
+    return str(path)
+
+
+def test_packed_isolated_blocks_train_exactly_like_padding_free_rows(tmp_path):
+    from hf_pretrain.data.tokenizer import load_tokenizer
+
+    tokenizer = train_tokenizer(_texts(200, 3), vocab_size=400)
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    data = _tiling_corpus(tmp_path, load_tokenizer(str(tmp_path / "tokenizer")), blocks=8, block_size=32)
+    common = [
+        "--model_preset", "llama-tiny", "--block_size", "32", "--data_files", data, "--validation_fraction", "0",
+        "--tokenizer_name_or_path", str(tmp_path / "tokenizer"), "--train_sampling_strategy", "sequential",
+        "--learning_rate", "3e-3", "--logging_steps", "1", "--seed", "0", "--report_to", "none",
+        "--save_strategy", "no", "--eval_strategy", "no", "--warmup_steps", "0", "--decay_steps", "1",
+        "--max_steps", "2", "--attn_implementation", "eager",
+    ]  # fmt: skip
+    packed = tmp_path / "packed"
+    pretrain.main([*common, "--per_device_train_batch_size", "2", "--output_dir", str(packed)])
+    free = tmp_path / "free"
+    pretrain.main(
+        [*common, "--packing", "false", "--max_tokens_per_batch", "64", "--per_device_train_batch_size", "1"]
+        + ["--per_device_eval_batch_size", "1", "--output_dir", str(free)]
+    )
+    from _runs import train_logs
+
+    packed_losses = [entry["loss"] for _, entry in sorted(train_logs(packed).items())]
+    free_losses = [entry["loss"] for _, entry in sorted(train_logs(free).items())]
+    assert len(packed_losses) == len(free_losses) == 2
+    assert free_losses == pytest.approx(packed_losses, rel=1e-5)
+    shared = tmp_path / "shared"
+    pretrain.main([*common, "--per_device_train_batch_size", "2", "--document_attention", "shared"]
+                  + ["--output_dir", str(shared)])  # fmt: skip
+    shared_losses = [entry["loss"] for _, entry in sorted(train_logs(shared).items())]
+    assert abs(shared_losses[0] - packed_losses[0]) > 1e-4  # the documents of a block did see each other there

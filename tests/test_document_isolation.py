@@ -1,5 +1,6 @@
-"""PretrainingTrainer keeps documents apart when the features carry `document_lengths`: the collators send
-`document_ids` / `position_ids` and the trainer builds the (B, 1, T, T) mask on the device at the step."""
+"""PretrainingTrainer keeps documents apart when the features carry `document_lengths`: with
+`attention_on_device=True` (the recipe) the collators send `document_ids` / `position_ids` and the trainer builds
+the (B, 1, T, T) mask on the device at the step; the default collators' own isolation gives it the same loss."""
 
 import pytest
 import torch
@@ -30,11 +31,12 @@ def trainer_for(model, collator, eval_dataset, tmp_path, objective="clm"):
     return PretrainingTrainer(model=model, args=args, eval_dataset=eval_dataset, data_collator=collator)
 
 
+@pytest.mark.parametrize("attention_on_device", [True, False])
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
-def test_a_packed_row_scores_like_its_documents_alone(tokenizer, tmp_path, attn):
+def test_a_packed_row_scores_like_its_documents_alone(tokenizer, tmp_path, attn, attention_on_device):
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(**TINY, attn_implementation=attn)).eval()
-    collator = DataCollatorForCausalLM(tokenizer)
+    collator = DataCollatorForCausalLM(tokenizer, attention_on_device=attention_on_device)
     lengths = [5, 1, 7, 3]  # a one-token document included
     docs = documents(lengths)
     packed = [{"input_ids": sum(docs, []), "document_lengths": lengths}]
@@ -54,7 +56,7 @@ def test_a_packed_row_scores_like_its_documents_alone(tokenizer, tmp_path, attn)
 def test_masked_lm_on_packed_rows_trains_with_isolated_documents(tokenizer, tmp_path):
     torch.manual_seed(0)
     model = LlamaForMaskedLM(LlamaConfig(**TINY, attn_implementation="sdpa"))
-    collator = DataCollatorForMaskedLM(tokenizer, mlm_probability=0.3, seed=0)
+    collator = DataCollatorForMaskedLM(tokenizer, mlm_probability=0.3, seed=0, attention_on_device=True)
     rows = [{"input_ids": sum(documents([6, 2, 8], seed), []), "document_lengths": [6, 2, 8]} for seed in range(16)]
     args = PretrainingArguments(
         output_dir=str(tmp_path), objective="mlm", max_steps=3, per_device_train_batch_size=4, report_to=[],

@@ -38,14 +38,19 @@ def test_recipe_trains_saves_and_generates(tmp_path):
     assert os.path.isdir(os.path.join(out, "checkpoint-40"))
 
     # What was saved is the model the run evaluated: its loss on the run's held-out blocks, recomputed here from
-    # the saved model and tokenizer, is the logged eval_loss (every block is full, so the Trainer's mean of batch
-    # means weighted by batch size is the mean over all predicted tokens).
+    # the saved model and tokenizer with every document run alone (document_attention: isolated, the default), is
+    # the logged eval_loss: the Trainer's mean of per-batch token means, weighted by batch size.
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     tokenizer = AutoTokenizer.from_pretrained(out)
     _, data_args, training_args = load_run_arguments(out)
-    blocks = torch.tensor(held_out_blocks(data_args, tokenizer, training_args.seed)["input_ids"])
-    loss, accuracy = next_token_scores(model, blocks)
-    assert loss == pytest.approx(metrics["eval_loss"], abs=1e-4)
+    held_out = held_out_blocks(data_args, tokenizer, training_args.seed)
+    blocks = torch.tensor(held_out["input_ids"])
+    batch_size = training_args.per_device_eval_batch_size
+    batches = [documents_alone(model, blocks[i : i + batch_size], held_out["document_lengths"][i : i + batch_size])
+               for i in range(0, len(blocks), batch_size)]  # fmt: skip
+    expected = sum(nll / count * len(rows) for nll, count, rows in batches) / len(blocks)
+    assert expected == pytest.approx(metrics["eval_loss"], rel=1e-5)
+    _, accuracy = next_token_scores(model, blocks)
     # It predicts held-out text: greedy next-token accuracy far above an untrained model's (about 1 / 1024).
     _, untrained_accuracy = next_token_scores(AutoModelForCausalLM.from_config(model.config).eval(), blocks)
     assert accuracy > 0.03 > untrained_accuracy, (accuracy, untrained_accuracy)
@@ -59,6 +64,19 @@ def test_recipe_trains_saves_and_generates(tmp_path):
             expected = torch.cat([expected, model(input_ids=expected).logits[:, -1:].argmax(-1)], dim=1)
     assert generated.tolist() == expected[:, : generated.shape[1]].tolist()
     assert generated.shape[1] == 24 or generated[0, -1] == tokenizer.eos_token_id
+
+
+def documents_alone(model, blocks: torch.Tensor, pieces) -> tuple[float, int, torch.Tensor]:
+    """(summed next-token NLL, predictions, blocks) with every document piece of `blocks` run on its own."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for block, lengths in zip(blocks, pieces):
+            for piece in block.split(list(lengths)):
+                if len(piece) > 1:
+                    logits = model(input_ids=piece[None]).logits[0, :-1].float()
+                    total += torch.nn.functional.cross_entropy(logits, piece[1:], reduction="sum").item()
+                    count += len(piece) - 1
+    return total, count, blocks
 
 
 def next_token_scores(model, blocks: torch.Tensor) -> tuple[float, float]:

@@ -20,6 +20,7 @@ from hf_pretrain.data.tokenizer import train_tokenizer
 from hf_pretrain.objectives import OBJECTIVES, PHASES
 from hf_pretrain.resolve import load_resolved, load_run_arguments
 from hf_pretrain.training.attention import probe_attention
+from hf_pretrain.training.document_mask import isolate_documents
 
 WORDS = [
     "the",
@@ -162,7 +163,11 @@ def test_combinations_train_with_the_attention_they_promise(
     if spec.uses_4d_mask(decoder_only=True):  # the mask format the collator emits is the model's
         assert _mask_implementation(trainer) == attn == model.config._attn_implementation
         batch = trainer.data_collator([{"input_ids": list(range(5, 37))}])
-        assert batch["attention_mask"].dtype == (torch.bool if attn == "sdpa" else torch.float32)
+        # No (T, T) mask leaves the workers: per-token columns, built into the model's format on the device.
+        assert batch["attention_mask"].shape == batch["prefix_mask"].shape == batch["document_ids"].shape
+        device = isolate_documents(batch, causal=True, implementation=attn, dtype=torch.float32)
+        assert device["attention_mask"].dtype == (torch.bool if attn == "sdpa" else torch.float32)
+        assert trainer._documents_probed == spec.phases[-1].attention
     _, derived = load_resolved(str(tmp_path / "run"))
     assert derived["data_path"] == path and derived["attn_implementation"] == attn
     assert [a for _, a in derived["attention"]] == [p.attention for p in spec.phases]
@@ -227,6 +232,7 @@ def test_failure_2_eager_prefix_lm_gets_an_additive_mask_and_masks_the_future(co
     trainer = Recorder.last
     model = trainer.accelerator.unwrap_model(trainer.model)
     batch = trainer.data_collator([{"input_ids": list(range(5, 21)), "prefix_length": 8}])
+    batch = isolate_documents(batch, causal=True, implementation="eager", dtype=torch.float32)  # as on the device
     assert batch["attention_mask"].dtype == torch.float32  # before: a bool mask, which eager adds as 0/1
     ids = batch["input_ids"].clone()
     changed = ids.clone()

@@ -71,8 +71,8 @@ def as_features(features: Sequence) -> Sequence[Mapping]:
     """
     if not len(features):
         raise ValueError("The collator received an empty list of features.")
-    if all(isinstance(f, Mapping) for f in features):
-        return features
+    if all(isinstance(f, dict) for f in features) or all(isinstance(f, Mapping) for f in features):
+        return features  # the dict test first: ~10x cheaper than the Mapping ABC's, and what datasets hands over
     if all(isinstance(f, _SEQUENCE_TYPES) for f in features):
         return [{"input_ids": f} for f in features]
     kinds = sorted({type(f).__name__ for f in features})

@@ -10,6 +10,7 @@ faster than the same hash in int64 torch with masking (0.08 ms for 64 x 512 draw
 
 from __future__ import annotations
 
+import functools
 import random
 
 import numpy as np
@@ -22,12 +23,31 @@ _U32 = np.uint32
 
 def mix32(x: np.ndarray) -> np.ndarray:
     """A 32-bit avalanche hash (the "lowbias32" xorshift-multiply finalizer), in place on a uint32 array."""
-    x ^= x >> _U32(16)
+    shifted = x >> _U32(16)  # one scratch array for the three shifts: allocations cost as much as the ops here
+    x ^= shifted
     x *= _U32(0x7FEB352D)
-    x ^= x >> _U32(15)
+    np.right_shift(x, _U32(15), out=shifted)
+    x ^= shifted
     x *= _U32(0x846CA68B)
-    x ^= x >> _U32(16)
+    np.right_shift(x, _U32(16), out=shifted)
+    x ^= shifted
     return x
+
+
+@functools.lru_cache(maxsize=32)
+def _counters(width: int) -> np.ndarray:
+    """(width,) uint32 `j * golden` for j < width, read-only; cached: every batch of a run has the same widths."""
+    counters = np.arange(width, dtype=_U32) * _U32(_GOLDEN32)
+    counters.flags.writeable = False
+    return counters
+
+
+@functools.lru_cache(maxsize=32)
+def _position_hashes(width: int) -> np.ndarray:
+    """(width,) uint32 hash of each position, read-only (what makes a sample's key order-sensitive)."""
+    hashes = mix32(np.arange(width, dtype=_U32) * _U32(_GOLDEN32))
+    hashes.flags.writeable = False
+    return hashes
 
 
 def sample_keys(ids: torch.Tensor, lengths: torch.Tensor, seed: int, epoch: int = 0) -> np.ndarray:
@@ -38,21 +58,32 @@ def sample_keys(ids: torch.Tensor, lengths: torch.Tensor, seed: int, epoch: int 
     """
     ids_np = ids.numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids)
     lengths_np = lengths.numpy() if isinstance(lengths, torch.Tensor) else np.asarray(lengths)
-    positions = np.arange(ids_np.shape[1], dtype=_U32)
+    width = ids_np.shape[1]
     token_hash = ids_np.astype(_U32)  # (B, T); ids < 2**32 always
-    token_hash ^= mix32(positions * _U32(_GOLDEN32))  # position-dependent, so the key is order-sensitive
+    token_hash ^= _position_hashes(width)  # position-dependent, so the key is order-sensitive
     mix32(token_hash)
-    token_hash[positions[None, :] >= lengths_np[:, None]] = 0
+    if len(lengths_np) and lengths_np.min() < width:  # full rows (packed blocks) have nothing to clear
+        token_hash[np.arange(width)[None, :] >= lengths_np[:, None]] = 0
     content = token_hash.sum(1, dtype=np.uint64).astype(_U32) ^ lengths_np.astype(_U32)  # (B,)
     base = mix32(np.array([(seed * _GOLDEN32 + epoch) & _MASK32], dtype=_U32))
     return mix32(content ^ base)
 
 
+def _stream_keys(keys: np.ndarray, stream: int) -> np.ndarray:
+    return mix32(keys ^ _U32((stream * _GOLDEN32 + 1) & _MASK32))  # (B,)
+
+
 def keyed_bits(keys: np.ndarray, width: int, stream: int) -> np.ndarray:
     """Uniform uint32 draws (B, width): element [b, j] depends only on (keys[b], stream, j)."""
-    stream_keys = mix32(keys ^ _U32((stream * _GOLDEN32 + 1) & _MASK32))  # (B,)
-    counters = np.arange(width, dtype=_U32) * _U32(_GOLDEN32)  # (width,)
-    return mix32(mix32(stream_keys[:, None] + counters[None, :]))  # two rounds: adjacent counters decorrelate
+    # two rounds: adjacent counters decorrelate
+    return mix32(mix32(_stream_keys(keys, stream)[:, None] + _counters(width)[None, :]))
+
+
+def keyed_bits_at(keys: np.ndarray, rows: np.ndarray, columns: np.ndarray, stream: int) -> np.ndarray:
+    """The draws of a few positions (S,): element i is `keyed_bits(keys, width, stream)[rows[i], columns[i]]` for
+    any width, without the whole (B, width) table (for draws only a sparse subset of positions reads)."""
+    counters = np.asarray(columns).astype(_U32) * _U32(_GOLDEN32)  # (S,)
+    return mix32(mix32(_stream_keys(keys, stream)[rows] + counters))
 
 
 def keyed_uniform(keys: np.ndarray, width: int, stream: int) -> torch.Tensor:
@@ -63,10 +94,14 @@ def keyed_uniform(keys: np.ndarray, width: int, stream: int) -> torch.Tensor:
 
 def keyed_randint(keys: np.ndarray, width: int, stream: int, high: int) -> torch.Tensor:
     """Uniform integers in [0, high) (B, width) by multiply-shift (bias below high / 2**32)."""
+    return torch.from_numpy(bits_to_int(keyed_bits(keys, width, stream), high))
+
+
+def bits_to_int(bits: np.ndarray, high: int) -> np.ndarray:
+    """Uniform uint32 draws → int64 integers in [0, high) by multiply-shift (`keyed_randint`'s mapping)."""
     if not 0 < high < 2**32:
         raise ValueError(f"high must be in (0, 2**32), got {high}.")
-    draws = (keyed_bits(keys, width, stream).astype(np.uint64) * np.uint64(high)) >> np.uint64(32)
-    return torch.from_numpy(draws.astype(np.int64))
+    return ((bits.astype(np.uint64) * np.uint64(high)) >> np.uint64(32)).astype(np.int64)
 
 
 def keyed_fraction(keys: np.ndarray, stream: int) -> np.ndarray:

@@ -3,15 +3,20 @@
 These collators take `input_ids` flat and padded (`input_id_rows`), cut every row into parts with vectorized
 numpy (a split point, corrupted spans), then glue the parts of each row back into right-padded rows
 (`assemble_rows`) with no Python loop over examples or tokens.
+
+Packed rows (features with `document_lengths`) are worked on piece by piece: every document piece is an example
+of its own (`Pieces`), its parts are glued flat (`concat_parts`) and the pieces of a row then laid out side by side.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
+from ._documents import DOCUMENT_KEY, document_pieces
 from ._features import column
 from ._keyed import keyed_fraction
 from ._padding import flatten, pad_flat, padded_length
@@ -120,3 +125,113 @@ def tokenizer_id(tokenizer: PreTrainedTokenizerBase, attribute: str, objective: 
             "(tokenizer.add_special_tokens(...), then model.resize_token_embeddings(len(tokenizer)))."
         )
     return int(value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Document pieces: the examples of packed rows (prefix LM, decoder-only span corruption and UL2)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Pieces:
+    """The examples of a batch: the document pieces of every row (features' `document_lengths`), else the rows.
+
+    Each piece is corrupted or split on its own and keyed by its own tokens (`piece_ids` is what `sample_keys`
+    reads), so a document gets the same draws whether it is packed with others or run alone.
+    """
+
+    lengths: np.ndarray  # (P,) int64
+    counts: np.ndarray  # (B,) int64: pieces per row, all 1 without document_lengths
+    ids: np.ndarray  # (P, L) right-padded piece tokens; the rows' (B, T) ids themselves when one piece per row
+    documented: bool  # the features carried document_lengths
+
+    @property
+    def one_per_row(self) -> bool:
+        return len(self.lengths) == len(self.counts)
+
+    def row_sums(self, per_piece: np.ndarray) -> np.ndarray:
+        """(B,) sum over each row's pieces of a (P,) value."""
+        if self.one_per_row:
+            return per_piece
+        row_of_piece = np.repeat(np.arange(len(self.counts)), self.counts)  # (P,)
+        return np.bincount(row_of_piece, weights=per_piece, minlength=len(self.counts)).astype(np.int64)
+
+    def lay_out(
+        self,
+        parts: Sequence[tuple[np.ndarray | int, np.ndarray]],
+        pad_value: int,
+        width: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        order: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Every piece's parts (as in `concat_parts`) glued, a row's pieces side by side: the right-padded rows
+        (B, W) int64 and each piece's total length (P,)."""
+        if self.one_per_row:  # straight into the rows, one scatter
+            return assemble_rows(parts, pad_value, width, pad_to_multiple_of, order)
+        flat, totals = concat_parts(parts, order)  # (sum of totals,), (P,)
+        rows, _ = assemble_rows([(flat, self.row_sums(totals))], pad_value, width, pad_to_multiple_of)
+        return rows, totals
+
+
+def document_pieces_of(
+    features: Sequence[Mapping], flat: np.ndarray, ids: np.ndarray, lengths: np.ndarray, pad_value: int
+) -> Pieces:
+    """The `Pieces` of a batch: `flat` (N,), `ids` (B, T) and `lengths` (B,) as `input_id_rows` gives them.
+
+    Raises a ValueError when `document_lengths` are not positive or do not sum to their feature's length.
+    """
+    rows = column(features, DOCUMENT_KEY, required=False)
+    if rows is None:
+        return Pieces(lengths, np.ones_like(lengths), ids, documented=False)
+    pieces, counts = document_pieces(rows, lengths)  # (P,), (B,)
+    piece_ids = ids if len(pieces) == len(lengths) else pad_flat(flat, pieces, pad_value)  # (P, L)
+    return Pieces(pieces, counts, piece_ids, documented=True)
+
+
+def no_documents_error(objective: str) -> ValueError:
+    """The error for features with `document_lengths` in an encoder-decoder layout."""
+    return ValueError(
+        f"document_lengths: documents cannot be kept apart in encoder-decoder {objective} (the encoder reads a row "
+        "as one sequence); drop the features' document_lengths (document_attention: shared in the recipe) or use "
+        "decoder_only=True."
+    )
+
+
+def concat_parts(
+    parts: Sequence[tuple[np.ndarray | int, np.ndarray]], order: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate per-example parts into one flat int64 array, example after example; also return each example's
+    total length (P,). Parts are (values, lengths) as in `assemble_rows`; example r of the parts is example
+    `order[r]` of the output (default r), so groups processed in another order need no permutation afterwards.
+
+    >>> flat, n = concat_parts([(np.array([1, 2, 3]), np.array([2, 1])), (9, np.array([1, 0]))], order=np.array([1, 0]))
+    >>> flat.tolist(), n.tolist()
+    ([3, 1, 2, 9], [1, 3])
+    """
+    count = len(parts[0][1])
+    totals = np.zeros(count, dtype=np.int64)
+    for _, lengths in parts:
+        totals = totals + lengths
+    if order is None and all(lengths.min() == lengths.max() for _, lengths in parts):
+        # Fixed-length data: every example has the same layout, so the parts are blocks of columns.
+        blocks = [
+            np.full((count, int(n[0])), v, dtype=np.int64) if np.isscalar(v) else v.reshape(count, int(n[0]))
+            for v, n in parts
+        ]
+        return np.concatenate(blocks, axis=1, dtype=np.int64).reshape(-1), totals
+    out_totals = totals if order is None else np.empty_like(totals)
+    if order is not None:
+        out_totals[order] = totals
+    start = np.cumsum(out_totals) - out_totals  # (P,) where each output example begins
+    start = start if order is None else start[order]  # ... for the examples in the parts' order
+    out = np.empty(int(totals.sum()), dtype=np.int64)  # every element is written by exactly one part
+    for values, lengths in parts:
+        if lengths.max() <= 1:  # one element per example at most (EOS, a mode token): index directly
+            out[start[lengths == 1]] = values
+        else:
+            offsets = np.cumsum(lengths) - lengths  # (P,) where each example's part begins in `values`
+            dest = np.repeat(start - offsets, lengths)
+            dest += np.arange(len(dest))
+            out[dest] = values
+        start = start + lengths
+    return out, out_totals

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from ._documents import document_starts
+from hf_pretrain.attention_masks import MASK_FORMATS, unsupported_implementation
+
+from ._documents import check_attention_on_device, document_starts, isolate_in_batch
 from ._features import (
     as_features,
     check_return_tensors,
@@ -53,6 +55,24 @@ class DataCollatorForCausalLM:
     `pad_token_type_id` for `token_type_ids` and 0 otherwise, or flattened to (1, N) when padding-free; per-example
     values stacked to (B,), or (D,) one per document when padding-free.
 
+    Packed blocks that carry `document_lengths` (piece lengths summing to the row length) get `position_ids`
+    restarting at 0 per document and -100 at every document's first token (it is not predicted from the document
+    before it), and their attention is kept inside each document (`_documents`) in the form `attention_on_device`
+    asks for:
+
+    * False (the default: any Trainer and model): with `attn_implementation=None`, no `attention_mask` at all;
+      transformers' `create_causal_mask` detects the packed rows from the restarting `position_ids` and builds
+      the block-diagonal causal mask itself (eager, sdpa). That detection runs only when the forward has no KV
+      cache: `transformers.Trainer` sets `model.config.use_cache = TrainingArguments.use_cache` (False by
+      default); in a loop of your own, pass `use_cache=False` or set `model.config.use_cache = False` (Llama's
+      config defaults to True, and the documents would then see each other). Models that take no `position_ids`
+      into their mask (Bloom) and flash attention with more than one row do not detect packing either: use
+      `attn_implementation`, or `padding_free=True` for flash. A given `attention_mask` may only hide trailing
+      tokens here. With `attn_implementation` ("sdpa": bool, "eager": additive float32), the finished
+      (B, 1, T, T) causal document mask instead, whatever the cache or the model (B·T² entries per batch).
+    * True (`PretrainingTrainer`, the recipe): `document_ids` (B, T) (0, 1, ... per row, -1 at padding) and the
+      (B, T) `attention_mask`, for the trainer to build the mask on the device at the step.
+
     `return_tensors` is "pt" (torch tensors, the default) or "np" (numpy arrays), the container of every output
     (`__call__`, `collate`, `add_labels`); `__call__(features, return_tensors=...)` overrides it for one call.
 
@@ -73,8 +93,13 @@ class DataCollatorForCausalLM:
     >>> block = collator(blocks)  # 70 is not predicted from the first document
     >>> block["labels"].tolist()
     [[60, 2, -100, 71, 2], [72, 2, -100, -100, -100]]
-    >>> block["position_ids"].tolist(), block["document_ids"].tolist()  # padding: positions continue, document -1
-    ([[0, 1, 0, 1, 2], [0, 1, 2, 3, 4]], [[0, 0, 1, 1, 1], [0, 0, -1, -1, -1]])
+    >>> sorted(block), block["position_ids"].tolist()  # padding: positions continue the last document
+    (['input_ids', 'labels', 'position_ids'], [[0, 1, 0, 1, 2], [0, 1, 2, 3, 4]])
+    >>> on_device = DataCollatorForCausalLM(tok, attention_on_device=True)(blocks)
+    >>> on_device["document_ids"].tolist(), on_device["attention_mask"].tolist()
+    ([[0, 0, 1, 1, 1], [0, 0, -1, -1, -1]], [[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
+    >>> DataCollatorForCausalLM(tok, attn_implementation="sdpa")(blocks)["attention_mask"][0, 0].int().tolist()
+    [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 1, 1, 0], [0, 0, 1, 1, 1]]
     >>> batch = DataCollatorForCausalLM(tok, return_tensors="np")([[60, 61, 2], [70, 2]])  # plain lists of ids
     >>> type(batch["labels"]).__name__, batch["labels"].tolist()
     ('ndarray', [[60, 61, 2], [70, 2, -100]])
@@ -84,9 +109,15 @@ class DataCollatorForCausalLM:
     padding_free: bool = False
     pad_to_multiple_of: int | None = None
     return_tensors: str = "pt"
+    attention_on_device: bool = False
+    attn_implementation: str | None = None
 
     def __post_init__(self):
         check_return_tensors(self.return_tensors)
+        check_attention_on_device(self.attention_on_device)
+        implementation = self.attn_implementation
+        if implementation is not None and not self.padding_free and implementation not in MASK_FORMATS:
+            raise unsupported_implementation(implementation)
         check_pad_to_multiple_of(self.pad_to_multiple_of, self.padding_free)
         if not self.padding_free and (self.tokenizer is None or self.tokenizer.pad_token_id is None):
             raise ValueError(
@@ -121,7 +152,9 @@ class DataCollatorForCausalLM:
 
     def add_labels(self, batch: Mapping) -> dict:
         """Labels for a collated batch: the inputs (or the given labels), -100 at padding and at documents' first
-        tokens (from `cu_seq_lens_q` padding-free, else from `document_ids` when the batch has them)."""
+        tokens (from `cu_seq_lens_q` padding-free, else from `document_ids` when the batch has them). Unless
+        `attention_on_device`, `document_ids` then becomes the attention that isolates the documents (class
+        docstring)."""
         return to_return_tensors(self._add_labels(batch), self.return_tensors)
 
     def _add_labels(self, batch: Mapping) -> dict[str, torch.Tensor | int]:
@@ -139,4 +172,6 @@ class DataCollatorForCausalLM:
             if "document_ids" in batch:  # packed blocks: no document is predicted from the one before it
                 labels.masked_fill_(torch.from_numpy(document_starts(batch["document_ids"])), IGNORE_INDEX)
         batch["labels"] = labels
+        if "document_ids" in batch and not self.attention_on_device:
+            isolate_in_batch(batch, causal=True, implementation=self.attn_implementation)
         return batch

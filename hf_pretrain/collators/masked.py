@@ -21,6 +21,9 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from hf_pretrain.attention_masks import MASK_FORMATS, unsupported_implementation
+
+from ._documents import check_attention_on_device, isolate_in_batch
 from ._features import (
     as_features,
     check_return_tensors,
@@ -31,16 +34,11 @@ from ._features import (
     to_return_tensors,
     unpack,
 )
-from ._keyed import keyed_randint, keyed_uniform, sample_keys
+from ._keyed import sample_keys
+from ._mlm_draw import draw_masks, offset_word_ids, probability_value, row_rates, word_index
 from ._padding import check_pad_to_multiple_of
-from ._rows import IGNORE_INDEX
+from ._shared import epoch_value, shared_scalar
 from ._words import word_start_table
-
-# Stream ids of the keyed draws: one per purpose, so the selection, the 80/10/10 split and the replacement token
-# of a position are independent of each other.
-_SELECT_STREAM = 0x4D4C4D01
-_SPLIT_STREAM = 0x4D4C4D02
-_RANDOM_TOKEN_STREAM = 0x4D4C4D03
 
 # Keys a collated batch carries for the masking transform only; `mask_tokens` removes them before the model sees it.
 _TRANSFORM_KEYS = ("special_tokens_mask", "word_ids")
@@ -57,45 +55,6 @@ def special_token_table(tokenizer: PreTrainedTokenizerBase) -> np.ndarray:
     special.update(i for i, token in tokenizer.added_tokens_decoder.items() if token.special)
     table[[i for i in special if i is not None and 0 <= i < len(table)]] = True
     return table
-
-
-def _probability(name: str, value) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}.") from None
-    if not 0.0 <= value <= 1.0:  # also rejects NaN
-        raise ValueError(f"{name} must be in [0, 1], got {value}.")
-    return value
-
-
-def _shared_scalar(name: str, dtype: torch.dtype, convert: Callable[[object], float | int]) -> property:
-    """A dataclass-field property stored in a 0-d shared-memory tensor.
-
-    DataLoader workers receive the collator by fork (same pages) or by pickling through torch.multiprocessing,
-    which sends shared tensors as handles to the same storage; either way a value set in the main process is what
-    the workers read at their next batch.
-    """
-    slot = f"_{name}_shared"
-
-    def get(self):
-        return self.__dict__[slot].item()
-
-    def set_(self, value):
-        value = convert(value)
-        store = self.__dict__.get(slot)
-        if store is None:
-            self.__dict__[slot] = torch.tensor(value, dtype=dtype).share_memory_()
-        else:
-            store.fill_(value)
-
-    return property(get, set_, doc=f"`{name}`, kept in shared memory so DataLoader workers see changes.")
-
-
-def _epoch_value(value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
-        raise ValueError(f"epoch must be a non-negative int, got {value!r}.")
-    return int(value)
 
 
 @dataclass
@@ -132,6 +91,12 @@ class DataCollatorForMaskedLM:
         seed: fixes the masks: a sample's mask is a function of (seed, epoch, its tokens) only, whatever the batch
             and worker count. None draws a fresh seed per call.
         epoch: mixed into the keys; bump it (`set_epoch`) so repeated data gets fresh masks. Shared like the rate.
+        attention_on_device: documents of packed rows (`document_lengths`): False (default) isolates them in the
+            batch itself; True leaves the compact `document_ids` for `PretrainingTrainer` (see below).
+        attn_implementation: the format of the 4D document mask built when `attention_on_device` is False:
+            "eager" (the default: additive float32, 0 / float32 min, which eager and sdpa both read correctly, as
+            sdpa adds a float mask to its scores) or "sdpa" (bool, True = attend: 4x smaller, for sdpa models only;
+            an eager model would add it to its scores as 0/1 and isolate nothing).
         return_tensors: "pt" (torch tensors, the default) or "np" (numpy arrays): the container of every output
             (`__call__`, `collate`, `mask_tokens`); the masks are the same. `__call__(features, return_tensors=...)`
             overrides it for one call, as in transformers.
@@ -145,10 +110,13 @@ class DataCollatorForMaskedLM:
     (`next_sentence_label`, `sentence_order_label`) stacked to (B,). Padding-free, per-token columns are flattened
     to (1, N) and per-example values stacked to (D,), one per document.
 
-    Packed blocks that carry `document_lengths` (piece lengths summing to the row length) get `position_ids`
-    (B, T) restarting at 0 per document and `document_ids` (B, T) (0, 1, ... per row, -1 at padding) for the
-    trainer's block-diagonal mask; the key itself is consumed and the masks are the same as without it.
-    Padding-free, each piece is a document of its own, masked as the piece alone would be.
+    Packed blocks that carry `document_lengths` (piece lengths summing to the row length; the key is consumed and
+    the masks drawn are the same as without it) get `position_ids` (B, T) restarting at 0 per document, and
+    attention kept inside each document (`_documents`): by default a finished (B, 1, T, T) `attention_mask` in
+    the format of `attn_implementation`, which any Trainer can feed to the model as is; with
+    `attention_on_device=True` (`PretrainingTrainer`) the compact `document_ids` (B, T) (0, 1, ... per row, -1 at
+    padding) and the (B, T) padding mask instead, the 4D mask being built on the device at the step. Padding-free,
+    each piece is a document of its own, masked as the piece alone would be (either mode).
 
     `__call__(features)` is `mask_tokens(collate(features))`; `collate` is the neutral padding step and
     `mask_tokens` the transform, usable on any already-collated batch (e.g. at the training step).
@@ -178,6 +146,15 @@ class DataCollatorForMaskedLM:
     ('ndarray', [[0, 0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 0, 0, 0]], [0, 1])
     >>> nsp([f["input_ids"] for f in features])["labels"].tolist() == batch["labels"].tolist()
     True
+
+    A packed block of two documents [4, 3]: the batch keeps them apart itself, or leaves it to the trainer:
+
+    >>> block = [{"input_ids": features[0]["input_ids"], "document_lengths": [4, 3]}]
+    >>> own = collator(block)
+    >>> own["position_ids"].tolist(), own["attention_mask"].shape, (own["attention_mask"][0, 0, 0] == 0).int().tolist()
+    ([[0, 1, 2, 3, 0, 1, 2]], torch.Size([1, 1, 7, 7]), [1, 1, 1, 1, 0, 0, 0])
+    >>> DataCollatorForMaskedLM(tok, seed=4, attention_on_device=True)(block)["document_ids"].tolist()
+    [[0, 0, 0, 0, 1, 1, 1]]
     """
 
     tokenizer: PreTrainedTokenizerBase
@@ -191,11 +168,16 @@ class DataCollatorForMaskedLM:
     seed: int | None = None
     epoch: int = 0
     return_tensors: str = "pt"
+    attention_on_device: bool = False
+    attn_implementation: str = "eager"  # the additive form: right under eager and sdpa alike
 
     def __post_init__(self):
         check_return_tensors(self.return_tensors)
-        self.mask_replace_prob = _probability("mask_replace_prob", self.mask_replace_prob)
-        self.random_replace_prob = _probability("random_replace_prob", self.random_replace_prob)
+        check_attention_on_device(self.attention_on_device)
+        if not self.padding_free and self.attn_implementation not in MASK_FORMATS:
+            raise unsupported_implementation(self.attn_implementation)
+        self.mask_replace_prob = probability_value("mask_replace_prob", self.mask_replace_prob)
+        self.random_replace_prob = probability_value("random_replace_prob", self.random_replace_prob)
         if self.mask_replace_prob + self.random_replace_prob > 1 + 1e-12:
             raise ValueError(
                 f"mask_replace_prob + random_replace_prob must not exceed 1, got "
@@ -215,7 +197,7 @@ class DataCollatorForMaskedLM:
         self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self._special = special_token_table(self.tokenizer)  # (V,) bool
         # Random replacements: ids of the non-special vocabulary (K,), indexed by a keyed random integer.
-        self._replacements = torch.from_numpy(np.flatnonzero(~self._special))
+        self._replacements = np.flatnonzero(~self._special)  # (K,) int64
         if len(self._replacements) == 0 and self.random_replace_prob > 0:
             raise ValueError("random_replace_prob > 0 but the tokenizer has no non-special token to draw from.")
         self._word_starts = word_start_table(self.tokenizer) if self.whole_word_mask else None  # (V,) bool or None
@@ -282,12 +264,17 @@ class DataCollatorForMaskedLM:
         return batch
 
     def _special_of(self, ids: np.ndarray) -> np.ndarray:
-        if ids.size and (ids.min() < 0 or ids.max() >= len(self._special)):
-            raise ValueError(
-                f"input_ids holds ids outside the tokenizer's vocabulary [0, {len(self._special)}): "
-                f"min {ids.min()}, max {ids.max()}."
-            )
-        return self._special[ids]  # one gather over the vocabulary table, no isin
+        # One gather over the vocabulary table, no isin; it raises for ids >= V itself, and one pass finds
+        # negative ids (which indexing would wrap around).
+        try:
+            if not (ids.size and ids.min() < 0):
+                return self._special[ids]
+        except IndexError:
+            pass
+        raise ValueError(
+            f"input_ids holds ids outside the tokenizer's vocabulary [0, {len(self._special)}): "
+            f"min {ids.min()}, max {ids.max()}."
+        )
 
     # ----------------------------------------------------------------------------------------------------------
     # Transform: a collated batch → masked inputs and labels.
@@ -297,7 +284,8 @@ class DataCollatorForMaskedLM:
         """Select and replace tokens of a collated batch (padded with `attention_mask`, or padding-free with
         `cu_seq_lens_q`; torch tensors or numpy arrays); returns a new dict with `input_ids` and `labels`, without
         the transform-only keys (`special_tokens_mask`, `word_ids`, `offset_mapping`, `block_index`), in the
-        `return_tensors` container. Other keys pass unchanged.
+        `return_tensors` container. Other keys pass unchanged, but for `document_ids`: unless `attention_on_device`,
+        it becomes the (B, 1, T, T) document `attention_mask` (class docstring).
 
         The rate: `mlm_probability` if given (a number, or one per row (B,), per document when padding-free), else
         the installed schedule at each row's step (from `block_index`), else the collator's `mlm_probability`."""
@@ -320,7 +308,7 @@ class DataCollatorForMaskedLM:
         if word_ids is None and offsets is not None and self.whole_word_mask and self._word_starts is None:
             # Only without a known vocabulary convention: byte-level offsets include the space before a word
             # unless the tokenizer trims them (ours does not), and then no token would ever start a word.
-            word_ids = _offset_word_ids(_as_array(offsets, np.int64))  # (B, T) or (1, N)
+            word_ids = offset_word_ids(_as_array(offsets, np.int64))  # (B, T) or (1, N)
 
         packed = is_packed(batch)
         if packed:
@@ -336,101 +324,41 @@ class DataCollatorForMaskedLM:
             if "attention_mask" in batch:
                 real = _as_array(batch["attention_mask"], bool)  # (B, T)
                 # The key covers tokens up to the last real one: the same for a sample however it is right-padded.
-                key_lengths = np.where(real.any(1), width - np.argmax(real[:, ::-1], axis=1), 0)
+                if real.all():  # full rows (packed blocks): no search
+                    key_lengths = np.full(ids.shape[0], width)
+                else:
+                    key_lengths = np.where(real.any(1), width - np.argmax(real[:, ::-1], axis=1), 0)
             else:
                 real = np.ones(ids.shape, dtype=bool)
                 key_lengths = np.full(ids.shape[0], width)
 
-        maskable = real & ~special  # (B, T)
+        maskable = ~special if real.all() else real & ~special  # (B, T); a full batch (packed blocks): one pass
         if word_ids is not None:
             maskable &= word_ids >= 0  # None in word_ids marks a special token
-        rates = self._row_rates(mlm_probability, block_index, len(ids))  # (B,) float64, or None: one rate
-        masked_ids, labels = self._mask_rows(ids, maskable, word_ids, key_lengths, rates)
+        rates = row_rates(mlm_probability, block_index, len(ids), self._masking_schedule)  # (B,), or None
+        masked_ids, labels = draw_masks(
+            ids,
+            maskable,
+            self._keys(ids, key_lengths),
+            self.mlm_probability if rates is None else rates,  # the shared rate, read once
+            mask_id=self._mask_id,
+            mask_replace_prob=self.mask_replace_prob,
+            random_replace_prob=self.random_replace_prob,
+            replacements=self._replacements,
+            exact_count=self.exact_count,
+            word=word_index(ids, maskable, word_ids, self._word_starts) if self.whole_word_mask and ids.size else None,
+        )  # (B, T) each
 
         if packed:
             masked_ids, labels = masked_ids[real][None], labels[real][None]  # back to (1, N)
         batch["input_ids"], batch["labels"] = torch.from_numpy(masked_ids), torch.from_numpy(labels)
+        if "document_ids" in batch and not self.attention_on_device:
+            isolate_in_batch(batch, causal=False, implementation=self.attn_implementation)  # (B, 1, T, T) mask
         return batch
 
     def _keys(self, ids: np.ndarray, key_lengths: np.ndarray) -> np.ndarray:
         seed = self.seed if self.seed is not None else random.SystemRandom().getrandbits(32)
         return sample_keys(ids, key_lengths, seed, self.epoch)  # (B,) uint32
-
-    def _word_index(self, ids: np.ndarray, maskable: np.ndarray, word_ids: np.ndarray | None) -> np.ndarray:
-        """Index of each token's word within its row (B, T), from a cumulative sum of word starts."""
-        if word_ids is not None:
-            starts = np.ones(maskable.shape, dtype=bool)
-            starts[:, 1:] = word_ids[:, 1:] != word_ids[:, :-1]
-        elif self._word_starts is not None:
-            starts = self._word_starts[ids]  # (B, T) bool, one gather over the vocabulary table
-        else:
-            raise ValueError(
-                "whole_word_mask=True, but the tokenizer's word-start convention is unknown (not byte-level, "
-                "Metaspace or WordPiece); give each feature 'word_ids' (a fast tokenizer's encoding.word_ids()) or "
-                "'offset_mapping' (return_offsets_mapping=True)."
-            )
-        # Unmaskable tokens (special, padding) are words of their own: they start one and end the previous one.
-        starts = starts | ~maskable
-        starts[:, 1:] |= ~maskable[:, :-1]
-        starts[:, 0] = True
-        return np.cumsum(starts, axis=1) - 1
-
-    def _row_rates(self, given, block_index, rows: int) -> np.ndarray | None:
-        if given is None and (self._masking_schedule is None or block_index is None):
-            return None
-        if given is None:  # rows of a batch normally share a step: the schedule runs once per distinct step
-            schedule, blocks_per_step = self._masking_schedule
-            steps, inverse = np.unique(_as_array(block_index, np.int64) // blocks_per_step, return_inverse=True)
-            given = np.array([schedule(int(step)) for step in steps], dtype=np.float64)[inverse.reshape(-1)]
-        rates = np.broadcast_to(_as_array(given, np.float64), (rows,))
-        if not ((rates >= 0) & (rates <= 1)).all():  # also rejects NaN
-            raise ValueError(f"mlm_probability must be in [0, 1], got {rates[~((rates >= 0) & (rates <= 1))][:4]}.")
-        return rates
-
-    def _mask_rows(
-        self,
-        ids: np.ndarray,
-        maskable: np.ndarray,
-        word_ids: np.ndarray | None,
-        key_lengths: np.ndarray,
-        rates: np.ndarray | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """The masking proper on right-padded rows (B, T); draw [b, j] is keyed by (sample b, stream, j) only."""
-        rows, width = ids.shape
-        if rows == 0 or width == 0:
-            return ids.copy(), np.full_like(ids, IGNORE_INDEX)
-        keys = self._keys(ids, key_lengths)
-        probability = self.mlm_probability if rates is None else rates  # read once; else one rate per row (B,)
-        threshold = np.float32(probability) if rates is None else rates.astype(np.float32)[:, None]
-        select = keyed_uniform(keys, width, _SELECT_STREAM).numpy()  # (B, T) float32, one draw per word index
-        split = keyed_uniform(keys, width, _SPLIT_STREAM).numpy()  # (B, T)
-
-        if self.whole_word_mask:
-            word = self._word_index(ids, maskable, word_ids)  # (B, T) word index of each token
-            # All tokens of a word share maskability, so scattering them by word index is unambiguous.
-            maskable_word = np.zeros_like(maskable)
-            np.put_along_axis(maskable_word, word, maskable, axis=1)  # (B, W = T) indexed by word
-        else:
-            word, maskable_word = None, maskable
-
-        if self.exact_count:
-            chosen = _smallest_k(select, maskable_word, probability)  # (B, W)
-        else:
-            chosen = (select < threshold) & maskable_word  # (B, W)
-
-        if word is not None:
-            selected = np.take_along_axis(chosen, word, axis=1) & maskable  # (B, T): every token of a chosen word
-            split = np.take_along_axis(split, word, axis=1)  # the 80/10/10 decision is made per word
-        else:
-            selected = chosen
-        labels = np.where(selected, ids, -100)  # (B, T)
-        masked_ids = np.where(selected & (split < np.float32(self.mask_replace_prob)), self._mask_id, ids)
-        if self.random_replace_prob > 0:
-            upper = np.float32(self.mask_replace_prob + self.random_replace_prob)
-            to_random = selected & (split >= np.float32(self.mask_replace_prob)) & (split < upper)  # (B, T)
-            picks = keyed_randint(keys, width, _RANDOM_TOKEN_STREAM, len(self._replacements)).numpy()  # (B, T)
-            np.copyto(masked_ids, self._replacements[picks], where=to_random)
-        return masked_ids, labels
 
 
 def _as_array(value, dtype) -> np.ndarray:
@@ -438,35 +366,9 @@ def _as_array(value, dtype) -> np.ndarray:
     return array.astype(dtype, copy=False)
 
 
-def _offset_word_ids(offsets: np.ndarray) -> np.ndarray:
-    """Word index of each token (B, T) from its character offsets (B, T, 2): a token starts a word unless it begins
-    where the previous token ends (transformers' whole-word rule). A packed row (1, N, 2) works alike: unpacked,
-    each document's first token starts a word (`_word_index`), as do the tokens next to special ones."""
-    if offsets.ndim != 3 or offsets.shape[-1] != 2:
-        raise ValueError(f"offset_mapping must hold one (start, end) pair per token, got shape {offsets.shape}.")
-    starts = np.ones(offsets.shape[:2], dtype=bool)
-    starts[:, 1:] = offsets[:, 1:, 0] != offsets[:, :-1, 1]
-    return np.cumsum(starts, axis=1) - 1
-
-
-def _smallest_k(draws: np.ndarray, eligible: np.ndarray, probability: float) -> np.ndarray:
-    """(B, W) bool: in each row, the round(probability * eligible count) eligible positions with the smallest draws.
-
-    Draws have 24 bits; `draw * 2**24 * 2**20 + position` (exact in float64) makes them unique, so a per-row
-    threshold on the sorted values picks exactly k, ties broken by position. A float64 sort is SIMD-fast in numpy.
-    """
-    rows, width = draws.shape
-    count = np.round(eligible.sum(1) * probability).astype(np.int64)  # (B,), half to even as Python's round
-    unique = draws.astype(np.float64) * float(1 << 44) + np.arange(width, dtype=np.float64)  # (B, W)
-    unique[~eligible] = np.inf
-    ordered = np.sort(unique, axis=1)  # (B, W)
-    threshold = ordered[np.arange(rows), np.maximum(count - 1, 0)]  # (B,) the k-th smallest
-    return (unique <= threshold[:, None]) & (count[:, None] > 0) & eligible
-
-
 # The rate and epoch are shared-memory properties over the dataclass fields of the same name; defined after the
 # decorator so the generated __init__ keeps its defaults and assigns through the setters.
-DataCollatorForMaskedLM.mlm_probability = _shared_scalar(
-    "mlm_probability", torch.float64, lambda v: _probability("mlm_probability", v)
+DataCollatorForMaskedLM.mlm_probability = shared_scalar(
+    "mlm_probability", torch.float64, lambda v: probability_value("mlm_probability", v)
 )
-DataCollatorForMaskedLM.epoch = _shared_scalar("epoch", torch.int64, _epoch_value)
+DataCollatorForMaskedLM.epoch = shared_scalar("epoch", torch.int64, epoch_value)

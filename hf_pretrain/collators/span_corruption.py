@@ -33,8 +33,17 @@ from hf_pretrain.data.tokenizer import sentinel_token
 
 from ._keyed import fresh_seed, keyed_bits, sample_keys
 from ._padding import check_pad_to_multiple_of
-from ._rows import IGNORE_INDEX, assemble_rows, input_id_rows, shift_right, tokenizer_id
-from .prefix_lm import check_attn_implementation, prefix_lm_attention_mask
+from ._rows import (
+    IGNORE_INDEX,
+    Pieces,
+    assemble_rows,
+    document_pieces_of,
+    input_id_rows,
+    no_documents_error,
+    shift_right,
+    tokenizer_id,
+)
+from .prefix_lm import check_attention_on_device, check_attn_implementation, decoder_only_batch
 
 STREAM_NONNOISE = 1  # keyed-randomness streams: cuts of the non-noise segments, cuts of the noise segments
 STREAM_NOISE = 2
@@ -248,9 +257,17 @@ class DataCollatorForSpanCorruption:
     `decoder_input_ids` when `return_decoder_input_ids` (labels shifted right behind `decoder_start_token_id`,
     default the pad id, T5's convention; T5 also builds them itself from `labels`).
 
-    `decoder_only=True`: one sequence, corrupted inputs then targets, `labels` -100 over the inputs part, a
-    prefix-LM `attention_mask` (B, 1, T, T) bidirectional over the inputs (see `prefix_lm.py` for the format per
-    `attn_implementation`) and `prefix_lengths`.
+    `decoder_only=True`: one sequence, corrupted inputs + EOS (the bidirectional prefix) then targets + EOS,
+    `labels` -100 over the prefix, and the prefix-LM attention as `attention_on_device` says (`prefix_lm.py`): a
+    4D `attention_mask` (B, 1, T, T) in `attn_implementation`'s format, or `document_ids` and `prefix_mask` for
+    `PretrainingTrainer` to build it on the device; `prefix_lengths` (B,) without documents.
+
+    Packed rows (`document_lengths`, decoder-only only): every document piece is corrupted on its own (keyed by its
+    own tokens: the same corruption packed or alone) and a row is laid out [doc0 inputs EOS targets EOS][doc1 ...],
+    with `position_ids` restarting per piece, attention inside each piece only, no label across a boundary. A
+    piece of one token cannot be corrupted (a noise and a kept token): it stays one unlabelled token, a document of
+    its own. Such rows cannot keep `inputs_length`'s fixed shape (each piece adds its sentinels and EOS): refused.
+    Encoder-decoder batches refuse `document_lengths` (the encoder would read the documents as one).
 
     Corruption is keyed by (seed, epoch, the sample's tokens): the same in any batch or worker; `set_epoch` for
     fresh corruption of repeated data; `seed=None` for a fresh seed per call.
@@ -274,6 +291,7 @@ class DataCollatorForSpanCorruption:
     inputs_length: int | None = None
     decoder_only: bool = False
     attn_implementation: str = "sdpa"
+    attention_on_device: bool = False
     return_decoder_input_ids: bool = False
     decoder_start_token_id: int | None = None
     pad_to_multiple_of: int | None = None
@@ -283,6 +301,7 @@ class DataCollatorForSpanCorruption:
     def __post_init__(self):
         check_span_parameters(self.noise_density, self.mean_noise_span_length)
         check_pad_to_multiple_of(self.pad_to_multiple_of)
+        check_attention_on_device(self.attention_on_device, self.decoder_only)
         if self.decoder_only:
             check_attn_implementation(self.attn_implementation)
         self.eos_token_id = tokenizer_id(self.tokenizer, "eos_token_id", "span corruption")
@@ -307,33 +326,31 @@ class DataCollatorForSpanCorruption:
 
     def __call__(self, features: Sequence[Mapping]) -> dict[str, torch.Tensor]:
         flat, ids, lengths = input_id_rows(features, self.pad_token_id)  # (N,), (B, T), (B,)
-        if lengths.min() < 2:
+        pieces = document_pieces_of(features, flat, ids, lengths, self.pad_token_id)  # the examples: (P,) pieces
+        if pieces.documented:
+            if not self.decoder_only:
+                raise no_documents_error("span corruption")
+            if self.inputs_length is not None:
+                raise ValueError(
+                    "inputs_length promises fixed shapes, which rows with document_lengths cannot keep (every "
+                    "document adds its own sentinels and EOS); drop inputs_length (pad_to_multiple_of bounds the "
+                    "shapes) or the features' document_lengths."
+                )
+        elif lengths.min() < 2:
             raise ValueError("Span corruption needs sequences of at least 2 tokens (one noise, one kept).")
         if self.raw_length is not None and lengths.max() > self.raw_length:
             raise ValueError(
                 f"Features hold up to {lengths.max()} tokens but inputs_length={self.inputs_length} takes at most "
                 f"{self.raw_length} (compute_span_corruption_lengths); chunk the data to that length."
             )
-        keys = sample_keys(ids, lengths, fresh_seed(self.seed), self.epoch)  # (B,) uint32
+        keys = sample_keys(pieces.ids, pieces.lengths, fresh_seed(self.seed), self.epoch)  # (P,) uint32
+        if self.decoder_only:
+            return self._decoder_only(flat, pieces, keys)
         inputs, input_lengths, targets, target_lengths = span_corrupt_flat(
             flat, lengths, keys, self.noise_density, self.mean_noise_span_length, self.sentinel_ids
         )
         ones = np.ones_like(lengths)
         eos = self.eos_token_id
-        if self.decoder_only:
-            width = None if self.inputs_length is None else self.inputs_length + self.targets_length
-            pieces = [(inputs, input_lengths), (eos, ones), (targets, target_lengths), (eos, ones)]
-            input_ids, totals = assemble_rows(pieces, self.pad_token_id, width, self.pad_to_multiple_of)
-            label_pieces = [(IGNORE_INDEX, input_lengths + 1), (targets, target_lengths), (eos, ones)]
-            labels, _ = assemble_rows(label_pieces, IGNORE_INDEX, input_ids.shape[1])
-            return {
-                "input_ids": torch.from_numpy(input_ids),
-                "labels": torch.from_numpy(labels),
-                "attention_mask": prefix_lm_attention_mask(
-                    totals, input_lengths + 1, input_ids.shape[1], self.attn_implementation
-                ),
-                "prefix_lengths": torch.from_numpy(input_lengths + 1),
-            }
         input_ids, totals = assemble_rows(
             [(inputs, input_lengths), (eos, ones)], self.pad_token_id, self.inputs_length, self.pad_to_multiple_of
         )
@@ -354,3 +371,55 @@ class DataCollatorForSpanCorruption:
                 shift_right(labels, self.decoder_start_token_id, self.pad_token_id)
             )
         return batch
+
+    def _decoder_only(self, flat: np.ndarray, pieces: Pieces, keys: np.ndarray) -> dict[str, torch.Tensor]:
+        """[inputs EOS targets EOS] per piece (a 1-token piece: the token alone), a row's pieces side by side."""
+        lengths = pieces.lengths  # (P,)
+        long = lengths >= 2  # (P,) the pieces that can be corrupted
+        every = bool(long.all())
+        long_tokens = None if every else np.repeat(long, lengths)  # (N,)
+        if long.any():
+            inputs, input_lengths, targets, target_lengths = span_corrupt_flat(
+                flat if every else flat[long_tokens],
+                lengths if every else lengths[long],
+                keys if every else keys[long],
+                self.noise_density,
+                self.mean_noise_span_length,
+                self.sentinel_ids,
+            )
+        else:
+            inputs = targets = np.zeros(0, dtype=np.int64)
+            input_lengths = target_lengths = np.zeros(0, dtype=np.int64)
+        eos = self.eos_token_id
+        if every:
+            ones = np.ones_like(lengths)
+            parts = [(inputs, input_lengths), (eos, ones), (targets, target_lengths), (eos, ones)]
+            prefix = input_lengths + 1  # (P,): inputs and their EOS are read bidirectionally
+        else:
+
+            def spread(values):  # (long pieces,) -> (P,), 0 for 1-token pieces
+                out = np.zeros_like(lengths)
+                out[long] = values
+                return out
+
+            framed = long.astype(np.int64)  # (P,) 1 where a piece gets its EOS tokens
+            single = 1 - framed
+            parts = [
+                (inputs, spread(input_lengths)),
+                (eos, framed),
+                (targets, spread(target_lengths)),
+                (eos, framed),
+                (flat[~long_tokens], single),  # a 1-token piece as it is
+            ]
+            prefix = spread(input_lengths + 1) + single
+        width = None if self.inputs_length is None else self.inputs_length + self.targets_length
+        input_ids, totals = pieces.lay_out(parts, self.pad_token_id, width, self.pad_to_multiple_of)  # (B, W), (P,)
+        return decoder_only_batch(
+            input_ids,
+            pieces,
+            totals,
+            prefix,
+            attention_on_device=self.attention_on_device,
+            attn_implementation=self.attn_implementation,
+            pad_to_multiple_of=self.pad_to_multiple_of,
+        )

@@ -12,8 +12,16 @@ Every example becomes (mode token, source, EOS) and (target, EOS):
 * the prefix denoiser: source = the first part of the sequence, target = the rest (split as in prefix LM).
 
 Encoder-decoder: `input_ids` = mode + source + EOS, `labels` = target + EOS. Decoder-only: one sequence of both
-parts, `labels` -100 over the first part, and the prefix-LM 4D `attention_mask` (bidirectional over the first part,
-format per `attn_implementation`, see `prefix_lm.py`) with `prefix_lengths`.
+parts, `labels` -100 over the first part, bidirectional over the first part: the prefix-LM attention in the form
+`attention_on_device` says (`prefix_lm.py`: a 4D `attention_mask` in `attn_implementation`'s format, or
+`document_ids` and `prefix_mask` for the trainer to build it on the device), with `prefix_lengths` (B,).
+
+Packed rows (`document_lengths`, decoder-only only): every document piece is an example of its own: its own
+denoiser, its own corruption or split (keyed by its own tokens: the same packed or alone), laid out
+[doc0 mode source EOS target EOS][doc1 ...] with `position_ids` restarting per piece, attention only inside each
+piece and no label across a boundary. A piece of one token fits no denoiser: it stays one unlabelled token (no mode
+token, no EOS), a document of its own. `denoiser_ids` is then one per piece (P,), row-major, -1 for those.
+Encoder-decoder batches refuse `document_lengths` (the encoder would read the documents as one).
 """
 
 from __future__ import annotations
@@ -31,12 +39,14 @@ from ._rows import (
     IGNORE_INDEX,
     assemble_rows,
     check_fraction_range,
+    document_pieces_of,
     draw_split_points,
     input_id_rows,
+    no_documents_error,
     shift_right,
     tokenizer_id,
 )
-from .prefix_lm import check_attn_implementation, prefix_lm_attention_mask
+from .prefix_lm import check_attention_on_device, check_attn_implementation, decoder_only_batch
 from .span_corruption import check_span_parameters, missing_sentinels_error, sentinel_ids, span_corrupt_flat
 
 DENOISER_KINDS = ("span", "prefix")
@@ -79,7 +89,9 @@ class DataCollatorForUL2:
 
     `denoisers` (default `UL2_DENOISERS`: R μ=3 15% `[NLU]`, X μ=32 15% and μ=3 50% `[NLG]`, S prefix LM `[S2S]`)
     are drawn per example with probabilities proportional to `weights` (default equal). Mode tokens are prepended
-    when `add_mode_tokens`. `return_denoiser_ids` adds `denoiser_ids` (B,), the index of each example's denoiser.
+    when `add_mode_tokens`. `return_denoiser_ids` adds `denoiser_ids` (B,), the index of each example's denoiser
+    ((P,), one per document piece, with `document_lengths`: module docstring). `attention_on_device`: where the
+    decoder-only prefix mask is built (`prefix_lm.py`).
 
     >>> from hf_pretrain.data.tokenizer import train_tokenizer
     >>> tok = train_tokenizer(["a tiny corpus", "of two documents"], vocab_size=300, num_sentinels=10)
@@ -98,6 +110,7 @@ class DataCollatorForUL2:
     add_mode_tokens: bool = True
     decoder_only: bool = False
     attn_implementation: str = "sdpa"
+    attention_on_device: bool = False
     return_decoder_input_ids: bool = False
     return_denoiser_ids: bool = False
     decoder_start_token_id: int | None = None
@@ -108,6 +121,7 @@ class DataCollatorForUL2:
     def __post_init__(self):
         self.denoisers = tuple(self.denoisers)
         check_pad_to_multiple_of(self.pad_to_multiple_of)
+        check_attention_on_device(self.attention_on_device, self.decoder_only)
         if not self.denoisers:
             raise ValueError("denoisers must name at least one Denoiser.")
         for i, denoiser in enumerate(self.denoisers):
@@ -149,28 +163,42 @@ class DataCollatorForUL2:
         self.epoch = epoch
 
     def __call__(self, features: Sequence[Mapping]) -> dict[str, torch.Tensor]:
-        _, ids, lengths = input_id_rows(features, self.pad_token_id)  # (N,), (B, T), (B,)
-        if lengths.min() < 2:
+        flat, ids, lengths = input_id_rows(features, self.pad_token_id)  # (N,), (B, T), (B,)
+        pieces = document_pieces_of(features, flat, ids, lengths, self.pad_token_id)  # the examples: (P,) pieces
+        if pieces.documented and not self.decoder_only:
+            raise no_documents_error("UL2")
+        if not pieces.documented and lengths.min() < 2:
             raise ValueError("UL2 needs sequences of at least 2 tokens.")
-        keys = sample_keys(ids, lengths, fresh_seed(self.seed), self.epoch)  # (B,) uint32
-        choice = np.searchsorted(self._cumulative, keyed_fraction(keys, STREAM_DENOISER), side="right")  # (B,)
+        piece_ids, piece_lengths = pieces.ids, pieces.lengths  # (P, L), (P,)
+        keys = sample_keys(piece_ids, piece_lengths, fresh_seed(self.seed), self.epoch)  # (P,) uint32
+        choice = np.searchsorted(self._cumulative, keyed_fraction(keys, STREAM_DENOISER), side="right")  # (P,)
         choice = np.minimum(choice, len(self.denoisers) - 1)  # guards the cumulative sum's rounding at 1.0
-        cols = np.arange(ids.shape[1])[None, :]  # (1, T)
-        equal_lengths = lengths.min() == ids.shape[1]
+        single = np.flatnonzero(piece_lengths < 2)  # 1-token pieces (packed rows only): fit no denoiser
+        choice[single] = -1
+        cols = np.arange(piece_ids.shape[1])[None, :]  # (1, L)
+        equal_lengths = piece_lengths.min() == piece_ids.shape[1]
+        if not equal_lengths:
+            # Ragged pieces are gathered from the flat tokens (N,), not from their padded (P, L) rows: packed rows'
+            # pieces pad to ~3x their tokens. The denoiser of each token, and its offset in its piece:
+            token_choice = np.repeat(choice, piece_lengths)  # (N,)
+            within = np.arange(len(flat)) - np.repeat(np.cumsum(piece_lengths) - piece_lengths, piece_lengths)
 
-        # One vectorized pass per denoiser over its rows; parts are collected flat, in grouped row order.
-        rows, modes, mode_lengths, sources, source_lengths, targets, target_lengths = ([] for _ in range(7))
+        # One vectorized pass per denoiser over its pieces; parts are collected flat, in grouped piece order.
+        rows, modes, mode_lengths, sources, source_lengths, targets, target_lengths, eos_lengths = (
+            [] for _ in range(8)
+        )
         for d, denoiser in enumerate(self.denoisers):
             group = np.flatnonzero(choice == d)  # (G,)
             if len(group) == 0:
                 continue
-            group_ids, group_lengths, group_keys = ids[group], lengths[group], keys[group]
-            # (sum of the group's lengths,): the group's real tokens, row after row
-            flat = group_ids.reshape(-1) if equal_lengths else group_ids[cols < group_lengths[:, None]]
+            group_lengths, group_keys = piece_lengths[group], keys[group]
+            # (sum of the group's lengths,): the group's real tokens, piece after piece
+            in_group = None if equal_lengths else token_choice == d  # (N,)
+            group_flat = piece_ids[group].reshape(-1) if equal_lengths else flat[in_group]
             stream = STREAM_BASE + 2 * d
             if denoiser.kind == "span":
                 source, source_length, target, target_length = span_corrupt_flat(
-                    flat,
+                    group_flat,
                     group_lengths,
                     group_keys,
                     denoiser.noise_density,
@@ -180,8 +208,11 @@ class DataCollatorForUL2:
                 )
             else:
                 split = draw_split_points(group_keys, group_lengths, denoiser.prefix_fraction_range, stream)
-                source = group_ids[cols < split[:, None]]
-                target = group_ids[(cols >= split[:, None]) & (cols < group_lengths[:, None])]
+                if equal_lengths:
+                    in_source = (cols < split[:, None]).reshape(-1)  # (G * L,)
+                else:
+                    in_source = within[in_group] < np.repeat(split, group_lengths)  # (tokens of the group,)
+                source, target = group_flat[in_source], group_flat[~in_source]
                 source_length, target_length = split, group_lengths - split
             has_mode = self._mode_ids[d] is not None
             rows.append(group)
@@ -191,31 +222,41 @@ class DataCollatorForUL2:
             source_lengths.append(source_length)
             targets.append(target)
             target_lengths.append(target_length)
-        grouped = np.concatenate(rows)  # (B,) batch row of each grouped row: parts land there directly
+            eos_lengths.append(np.ones(len(group), dtype=np.int64))
+        if len(single):  # the token as it is: no mode token, no EOS, nothing to predict
+            zeros = np.zeros(len(single), dtype=np.int64)
+            rows.append(single)
+            modes.append(zeros[:0])
+            mode_lengths.append(zeros)
+            sources.append(piece_ids[single, 0])
+            source_lengths.append(zeros + 1)
+            targets.append(zeros[:0])
+            target_lengths.append(zeros)
+            eos_lengths.append(zeros)
+        grouped = np.concatenate(rows)  # (P,) piece of each grouped piece: parts land there directly
         mode, mode_length = np.concatenate(modes), np.concatenate(mode_lengths)
         source, source_length = np.concatenate(sources), np.concatenate(source_lengths)
         target, target_length = np.concatenate(targets), np.concatenate(target_lengths)
-        ones = np.ones_like(mode_length)
-        eos = self.eos_token_id
-        first = [(mode, mode_length), (source, source_length), (eos, ones)]  # what the model reads
-        second = [(target, target_length), (eos, ones)]  # what it predicts
-        batch = {}
+        eos, eos_length = self.eos_token_id, np.concatenate(eos_lengths)
+        first = [(mode, mode_length), (source, source_length), (eos, eos_length)]  # what the model reads
+        second = [(target, target_length), (eos, eos_length)]  # what it predicts
         if self.decoder_only:
-            input_ids, totals = assemble_rows(
+            input_ids, totals = pieces.lay_out(
                 first + second, self.pad_token_id, None, self.pad_to_multiple_of, grouped
             )
-            prefix = np.empty_like(totals)
-            prefix[grouped] = mode_length + source_length + 1
-            labels, _ = assemble_rows(
-                [(IGNORE_INDEX, prefix[grouped]), *second], IGNORE_INDEX, input_ids.shape[1], rows=grouped
+            prefix = np.empty_like(totals)  # (P,)
+            prefix[grouped] = mode_length + source_length + eos_length
+            batch = decoder_only_batch(
+                input_ids,
+                pieces,
+                totals,
+                prefix,
+                attention_on_device=self.attention_on_device,
+                attn_implementation=self.attn_implementation,
+                pad_to_multiple_of=self.pad_to_multiple_of,
             )
-            batch["input_ids"] = torch.from_numpy(input_ids)
-            batch["labels"] = torch.from_numpy(labels)
-            batch["attention_mask"] = prefix_lm_attention_mask(
-                totals, prefix, input_ids.shape[1], self.attn_implementation
-            )
-            batch["prefix_lengths"] = torch.from_numpy(prefix)
         else:
+            batch = {}
             input_ids, totals = assemble_rows(first, self.pad_token_id, None, self.pad_to_multiple_of, grouped)
             labels, _ = assemble_rows(second, IGNORE_INDEX, None, self.pad_to_multiple_of, grouped)
             batch["input_ids"] = torch.from_numpy(input_ids)

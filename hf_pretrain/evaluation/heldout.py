@@ -38,6 +38,7 @@ class HeldOut:
     blocks: list[list[int]] | None = None
     source: str = "documents given as data"
     kind: str = "documents"  # "documents", or the run's data path (classic, mixed, prepared, streamed)
+    document_lengths: list[list[int]] | None = None  # per block, with document_attention: isolated
 
 
 def token_stream(documents: Sequence[str], tokenizer, max_tokens: int | None = None) -> tuple[list[int], int, int]:
@@ -141,11 +142,22 @@ def run_held_out(name: str, args, tokenizer=None) -> tuple[HeldOut, object]:
             "e.g. --data_files heldout.txt --validation_fraction 0."
         )
     blocks = _first_blocks(list(dataset["input_ids"]), data_args.block_size, args.max_eval_tokens)
+    pieces = _document_lengths(dataset, data_args, len(blocks))
     source = (
         f"the held-out blocks of the run ({kind} data, seed {training_args.seed}, from {config_file}): "
-        f"{len(blocks)} of {len(dataset)} blocks of {data_args.block_size} tokens, {sum(map(len, blocks))} tokens"
+        f"{len(blocks)} of {len(dataset)} blocks of {data_args.block_size} tokens, {sum(map(len, blocks))} tokens, "
+        f"documents {'isolated' if pieces is not None else 'sharing attention'} as in training"
     )
-    return HeldOut(data_args.block_size, blocks=blocks, source=source, kind=kind), tokenizer
+    return HeldOut(data_args.block_size, blocks=blocks, source=source, kind=kind, document_lengths=pieces), tokenizer
+
+
+def _document_lengths(dataset, data_args, count: int) -> list[list[int]] | None:
+    """The first `count` blocks' document pieces when `data_args` keeps documents apart (as the run trained)."""
+    if data_args.document_attention != "isolated":
+        return None
+    if "document_lengths" not in dataset.column_names:
+        raise ValueError("document_attention: isolated, but the held-out blocks carry no document_lengths.")
+    return [list(pieces) for pieces in dataset.select(range(count))["document_lengths"]]
 
 
 def data_given(data_args) -> bool:
@@ -177,5 +189,6 @@ def given_held_out(name: str, args, data_args, documents: list[str] | None, toke
             "set validation_fraction or validation_files."
         )
     blocks = _first_blocks(list(dataset["input_ids"]), block_size, args.max_eval_tokens)
+    pieces = _document_lengths(dataset, data_args, len(blocks))
     source = f"{len(blocks)} held-out blocks of {block_size} tokens ({origin}) of the {kind} data given"
-    return HeldOut(block_size, blocks=blocks, source=source, kind=kind), tokenizer
+    return HeldOut(block_size, blocks=blocks, source=source, kind=kind, document_lengths=pieces), tokenizer

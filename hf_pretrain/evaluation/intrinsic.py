@@ -14,7 +14,9 @@ What is scored, and how:
   predicted tokens, so `clm_loss` is the run's own final `eval_loss` of a CLM run. Bits per byte divide the total
   loss by the UTF-8 bytes of the predicted tokens, counted token by token (`token_byte_lengths`: a byte-level BPE
   token is exactly its bytes, a special token such as the EOS separator counts one byte, standing for a newline):
-  the bytes `tokenizer.decode` gives, without its U+FFFD where a block cuts a multi-byte character.
+  the bytes `tokenizer.decode` gives, without its U+FFFD where a block cuts a multi-byte character. A run with
+  `document_attention: isolated` is scored as it trained: every document of a block alone (its first token is
+  context only, no token sees another document), so `clm_loss` is still its final `eval_loss`.
 - Held-out documents given on the command line (`data_files`, `dataset_name` or `validation_files`): one token
   stream (EOS after each document, and one EOS before the first, as the context of the first token), cut into
   windows of `block_size` + 1 tokens that overlap by one, so every token is predicted exactly once. Bits per byte
@@ -44,7 +46,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
 from hf_pretrain.arguments import DataArguments
 from hf_pretrain.checkpoint_state import checkpoint_step, training_progress
-from hf_pretrain.collators import IGNORE_INDEX, DataCollatorForMaskedLM
+from hf_pretrain.collators import IGNORE_INDEX, DataCollatorForCausalLM, DataCollatorForMaskedLM
 from hf_pretrain.data.tokenizer import load_tokenizer
 from hf_pretrain.evaluation.encoders import is_masked_lm, quiet_loading
 from hf_pretrain.evaluation.heldout import (
@@ -60,6 +62,7 @@ from hf_pretrain.evaluation.heldout import (
 )
 from hf_pretrain.evaluation.metrics import bits_per_byte, perplexity
 from hf_pretrain.evaluation.reporting import plot_curves, write_rows
+from hf_pretrain.training.document_mask import isolate_documents
 
 logger = logging.getLogger(__name__)
 
@@ -165,10 +168,35 @@ def score_causal(model, stream: list[int], block_size: int, batch_size: int, pad
     return total, count
 
 
+def _predicted_tokens(blocks, document_lengths) -> list[np.ndarray]:
+    """The tokens causal LM predicts in each block: all but the first (of every document, when isolated)."""
+    if document_lengths is None:
+        return [np.asarray(block[1:], dtype=np.int64) for block in blocks]
+    out = []
+    for block, pieces in zip(blocks, document_lengths):
+        first = np.zeros(len(block), dtype=bool)
+        first[np.cumsum(pieces) - np.asarray(pieces)] = True  # (T,) each document's first token: context only
+        out.append(np.asarray(block, dtype=np.int64)[~first])
+    return out
+
+
+def _isolated(model, batch: dict, causal: bool) -> dict:
+    """Model inputs of a collated batch whose documents must not see each other (mask built as in training)."""
+    config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
+    implementation = config._attn_implementation
+    return isolate_documents(batch, causal=causal, implementation=implementation, dtype=model.dtype, config=config)
+
+
 @torch.no_grad()
-def score_causal_blocks(model, blocks: Sequence[Sequence[int]], batch_size: int, pad_id: int) -> tuple[float, int]:
+def score_causal_blocks(
+    model, blocks: Sequence[Sequence[int]], batch_size: int, pad_id: int, document_lengths=None, tokenizer=None
+) -> tuple[float, int]:
     """(summed NLL in nats, tokens predicted) of blocks scored each on its own, as the Trainer's evaluation does:
-    token t of a block is predicted from tokens < t of the same block (the first token of a block is context only)."""
+    token t of a block is predicted from tokens < t of the same block (the first token of a block is context only).
+    With `document_lengths` (the blocks' document pieces, document_attention: isolated) each document is scored
+    alone: a document's first token is context only, and no token sees another document."""
+    if document_lengths is not None:
+        return _score_causal_documents(model, blocks, document_lengths, batch_size, tokenizer)
     total, count = 0.0, 0
     device = getattr(model, "device", "cpu")
     for ids, mask in _batches([list(block) for block in blocks], batch_size, pad_id):
@@ -180,17 +208,51 @@ def score_causal_blocks(model, blocks: Sequence[Sequence[int]], batch_size: int,
     return total, count
 
 
+def _score_causal_documents(model, blocks, document_lengths, batch_size: int, tokenizer) -> tuple[float, int]:
+    collator = DataCollatorForCausalLM(tokenizer, attention_on_device=True)  # labels -100 at document starts
+    total, count = 0.0, 0
+    device = getattr(model, "device", "cpu")
+    for start in range(0, len(blocks), batch_size):
+        features = [
+            {"input_ids": list(block), "document_lengths": list(pieces)}
+            for block, pieces in zip(blocks[start : start + batch_size], document_lengths[start : start + batch_size])
+        ]
+        batch = {key: value.to(device) for key, value in collator(features).items()}
+        labels = batch.pop("labels")
+        logits = model(**_isolated(model, batch, causal=True)).logits[:, :-1]  # (B, T - 1, V)
+        targets = labels[:, 1:]
+        total += F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum").item()
+        count += int((targets != IGNORE_INDEX).sum())
+    return total, count
+
+
 @torch.no_grad()
 def score_masked_blocks(
-    model, blocks: Sequence[Sequence[int]], tokenizer, batch_size: int, mlm_probability: float, seed: int
+    model,
+    blocks: Sequence[Sequence[int]],
+    tokenizer,
+    batch_size: int,
+    mlm_probability: float,
+    seed: int,
+    document_lengths=None,
 ) -> tuple[float, int, int]:
-    """(summed NLL, masked tokens, correctly predicted masked tokens) over `blocks`, masked with keyed masks."""
-    masker = DataCollatorForMaskedLM(tokenizer, mlm_probability=mlm_probability, seed=seed)
+    """(summed NLL, masked tokens, correctly predicted masked tokens) over `blocks`, masked with keyed masks; with
+    `document_lengths` every document attends only to itself (document_attention: isolated)."""
+    isolated = document_lengths is not None
+    masker = DataCollatorForMaskedLM(
+        tokenizer, mlm_probability=mlm_probability, seed=seed, attention_on_device=isolated
+    )
     total, count, correct = 0.0, 0, 0
     for start in range(0, len(blocks), batch_size):
-        batch = masker([{"input_ids": list(block)} for block in blocks[start : start + batch_size]])
+        features = [{"input_ids": list(block)} for block in blocks[start : start + batch_size]]
+        if isolated:
+            for feature, pieces in zip(features, document_lengths[start : start + batch_size]):
+                feature["document_lengths"] = list(pieces)
+        batch = masker(features)
         batch = {key: value.to(getattr(model, "device", "cpu")) for key, value in batch.items()}
         labels = batch.pop("labels")
+        if isolated:
+            batch = _isolated(model, batch, causal=False)
         logits = model(**batch).logits  # (B, T, V): no labels given, so dense
         selected = labels != IGNORE_INDEX
         logits, targets = logits[selected].float(), labels[selected]
@@ -230,7 +292,7 @@ def score_held_out(
            "objective": "mlm" if masked else "clm", "heldout": held_out.kind, "block_size": held_out.block_size}  # fmt: skip
     if held_out.blocks is not None:
         blocks = held_out.blocks
-        predicted = np.concatenate([np.asarray(block[1:], dtype=np.int64) for block in blocks])
+        predicted = np.concatenate(_predicted_tokens(blocks, held_out.document_lengths))
         row.update(eval_documents=None, eval_blocks=len(blocks), eval_tokens=sum(map(len, blocks)),
                    eval_bytes=int(token_byte_lengths(tokenizer)[predicted].sum()))  # fmt: skip
     else:
@@ -239,7 +301,7 @@ def score_held_out(
         row.update(eval_documents=used, eval_blocks=None, eval_tokens=len(stream) - 1, eval_bytes=num_bytes)
     if masked:
         nll, count, correct = score_masked_blocks(
-            model, blocks, tokenizer, args.batch_size, args.mlm_probability, args.seed
+            model, blocks, tokenizer, args.batch_size, args.mlm_probability, args.seed, held_out.document_lengths
         )
         row.update(
             mlm_loss=nll / max(count, 1), mlm_accuracy=correct / max(count, 1), mlm_probability=args.mlm_probability,
@@ -247,7 +309,9 @@ def score_held_out(
         )  # fmt: skip
         return row
     if held_out.blocks is not None:
-        nll, count = score_causal_blocks(model, blocks, args.batch_size, tokenizer.pad_token_id)
+        nll, count = score_causal_blocks(
+            model, blocks, args.batch_size, tokenizer.pad_token_id, held_out.document_lengths, tokenizer
+        )
     else:
         nll, count = score_causal(model, stream, held_out.block_size, args.batch_size, tokenizer.pad_token_id)
     row.update(

@@ -4,7 +4,10 @@ A packed block (B, T) holds several documents per row. The collators mark them w
 (0, 1, 2, ... per row, -1 at padding) and restart `position_ids` (B, T) at each document; without more, every
 token attends across the document boundaries of its row ("shared attention"). `isolate_documents` turns such a
 batch into model inputs whose `attention_mask` is block-diagonal by document, causal or bidirectional as the phase
-trains, in the form the model's attention implementation consumes:
+trains, in the form the model's attention implementation consumes. Prefix-LM batches (decoder-only prefix LM, span
+corruption and UL2 with `attention_on_device=True`) also carry `prefix_mask` (B, T) bool: their mask is causal
+plus bidirectional among the prefix tokens of each document (`hf_pretrain.attention_masks`), probed in that form
+by `supports_document_mask(..., prefix=True)`.
 
 - "eager" adds the mask to the scores: an additive float mask (0 / finfo(dtype).min) of shape (B, 1, T, T). A
   boolean mask there would be added as 0/1 and mask nothing.
@@ -142,6 +145,9 @@ def isolate_documents(
 # Two documents and padding in one row of 8: [d0 d0 d0 | d1 d1 d1 | pad pad].
 _PROBE_DOCUMENTS = torch.tensor([[0, 0, 0, 1, 1, 1, -1, -1]])
 _D0, _D1 = slice(0, 3), slice(3, 6)
+# With `prefix`: the first two tokens of each document are its bidirectional prefix (prefix LM, decoder-only T5).
+_PROBE_PREFIX = torch.tensor([[1, 1, 0, 1, 1, 0, 0, 0]], dtype=torch.bool)
+_PROBE_PREFIX_LENGTH = 2
 
 
 def _text_config(model):
@@ -173,19 +179,33 @@ def _to(mask, device):
     return mask.to(device)
 
 
-def supports_document_mask(model, causal: bool | None = None) -> bool | str:
+def _alone_mask(ids: torch.Tensor, implementation: str, prefix: bool) -> torch.Tensor:
+    """The mask of one document run alone: padding-free (B, T) ones, or with `prefix` the prefix-LM staircase the
+    collators build in the worker (`prefix_lm_attention_mask`), an independent construction of the same rule."""
+    if not prefix:
+        return torch.ones_like(ids)
+    from hf_pretrain.collators.prefix_lm import prefix_lm_attention_mask
+
+    return prefix_lm_attention_mask([ids.shape[1]], [_PROBE_PREFIX_LENGTH], ids.shape[1], implementation)
+
+
+def supports_document_mask(model, causal: bool | None = None, prefix: bool = False) -> bool | str:
     """Whether feeding the document mask to THIS model (its attention implementation, in its direction) isolates
     documents: True, or a one-line reason why not (a str: compare `result is True`).
 
     Measured on one row [doc0 x3 | doc1 x3 | pad x2] with position_ids restarting per document, in eval mode without
     gradients, drawing no random numbers: changing a token of either document must not move the other's logits, a
     padding token must move nothing, and each document's logits must equal those of the document run alone (which
-    also checks that attention within a document is kept, and that restarted position_ids are the model's own). `causal` defaults to the model's direction (a decoder
-    unless its config says is_causal=False).
+    also checks that attention within a document is kept, and that restarted position_ids are the model's own).
+    `causal` defaults to the model's direction (a decoder unless its config says is_causal=False).
+
+    `prefix=True` probes the mask of prefix-LM batches (decoder-only prefix LM, span corruption, UL2): causal plus
+    a `prefix_mask` over each document's first two tokens; each document must then match the document run alone
+    under the collators' own prefix-LM mask, so a device mask that dropped the prefix (or let it leak) is caught.
     """
     config = _text_config(model)
     implementation = getattr(config, "_attn_implementation", None) or "eager"
-    causal = _is_causal(model) if causal is None else causal
+    causal = True if prefix else _is_causal(model) if causal is None else causal  # a prefix is causal + prefix_mask
     was_training = model.training
     model.eval()
     try:
@@ -195,6 +215,8 @@ def supports_document_mask(model, causal: bool | None = None) -> bool | str:
         padding = (documents >= 0).long()
         positions = document_position_ids(documents)
         batch = {"input_ids": ids, "attention_mask": padding, "position_ids": positions, DOCUMENT_IDS: documents}
+        if prefix:
+            batch[PREFIX_MASK] = _PROBE_PREFIX
         try:
             dtype = next(model.parameters()).dtype
             inputs = isolate_documents(batch, causal=causal, implementation=implementation, dtype=dtype, config=config)
@@ -226,7 +248,7 @@ def supports_document_mask(model, causal: bool | None = None) -> bool | str:
         for part in (_D0, _D1):
             alone_ids = ids[:, part]
             # the model's own positions: a model that numbers them otherwise (RoBERTa: from padding_idx + 1) shows here
-            alone = _outputs(model, alone_ids, torch.ones_like(alone_ids), None)
+            alone = _outputs(model, alone_ids, _alone_mask(alone_ids, implementation, prefix), None)
             gap = float((alone - base[:, part]).abs().max())
             if gap > _TOLERANCE:
                 return (

@@ -24,7 +24,7 @@ from hf_pretrain.objective_views import select_view
 from hf_pretrain.objectives import ObjectivePlan, Phase
 from hf_pretrain.resolve import run_plan
 from hf_pretrain.schedules import ScheduleStateCallback, WSDSchedule
-from hf_pretrain.training.attention import probe_attention, set_direction
+from hf_pretrain.training.attention import mask_collator, probe_attention, set_direction
 from hf_pretrain.training.callbacks.objective_switch import ObjectiveSwitchCallback
 from hf_pretrain.training.document_mask import isolate_documents, supports_document_mask
 from hf_pretrain.training.throughput import (
@@ -170,23 +170,34 @@ class PretrainingTrainer(Trainer):
         return self.plan.at(self.state.global_step)
 
     def _mask_implementation(self) -> str | None:
-        """The attention implementation the collator builds its 4D masks for (what the probe must check)."""
-        collator = self.data_collator
-        while collator is not None and not hasattr(collator, "attn_implementation"):
-            collator = getattr(collator, "collator", None)
-        return getattr(collator, "attn_implementation", None)
+        """The attention implementation the prefix masks are built for (what the probes must check): the collator's
+        `attn_implementation` when it builds them in the DataLoader workers, the model's own when it sends
+        `document_ids` + `prefix_mask` and the mask is built here on the device (`attention_on_device`)."""
+        collator = mask_collator(self.data_collator)
+        if collator is None:
+            return None
+        if getattr(collator, "attention_on_device", False):
+            config = self.accelerator.unwrap_model(self.model).config
+            config = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+            return getattr(config, "_attn_implementation", None) or collator.attn_implementation
+        return collator.attn_implementation
 
     def _prepare_objective(self, inputs: dict) -> dict:
         phase = self.current_objective()
+        view = select_view(inputs, phase)
         if phase.attention != self._attention:  # the first step, and every switch: set, then measure
             model = self.accelerator.unwrap_model(self.model)
             set_direction(model, phase.attention)
-            measured = probe_attention(model, phase.attention, self._mask_implementation())
+            # The form the run feeds the model: the worker's 4D mask, or the one built on the device at the step
+            on_device = "document_ids" in view or bool(
+                getattr(mask_collator(self.data_collator), "attention_on_device", False)
+            )
+            measured = probe_attention(model, phase.attention, self._mask_implementation(), on_device=on_device)
             logger.info(
                 "Step %d: %s attention (%s), probe %s", self.state.global_step, phase.attention, phase.name, measured
             )
             self._attention = phase.attention
-        return select_view(inputs, phase)
+        return view
 
     def _prepare_inputs(self, inputs):
         # On the device: a batch whose features carried `document_lengths` has `document_ids` (B, T); its attention
@@ -199,14 +210,18 @@ class PretrainingTrainer(Trainer):
         config = (
             model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
         )
+        # Only a bidirectional phase attends both ways; "prefix" and "encoder_decoder" on a decoder (decoder-only
+        # prefix LM, span corruption, UL2) are causal plus the batch's prefix_mask (B, T), bidirectional there.
+        causal = phase.attention != "bidirectional"
+        prefix = "prefix_mask" in inputs
         if self._documents_probed != phase.attention:  # measured once per attention, like the direction itself
-            supported = supports_document_mask(model, causal=phase.attention == "causal")
+            supported = supports_document_mask(model, causal=causal, prefix=prefix)  # the mask this run builds
             if supported is not True:
                 raise RuntimeError(f"Documents cannot be kept apart in {type(model).__name__}: {supported}")
             self._documents_probed = phase.attention
         return isolate_documents(
             inputs,
-            causal=phase.attention == "causal",
+            causal=causal,
             implementation=config._attn_implementation,
             dtype=model.dtype,
             config=config,

@@ -1,9 +1,10 @@
 """Document isolation in packed blocks: `document_lengths` → position_ids, document_ids, boundary labels.
 
-Hand-checked layouts (a row of 3 documents [3, 1, 4], a row ending mid-document, padding), the causal boundary
-labels in the shifted (model) and unshifted (CLM→MLM) conventions, MLM masks unchanged, padding-free splitting,
-errors, and exactness: a tiny Llama fed the collator's output with a block-diagonal causal mask built here from
-document_ids gives every document the logits and loss it gets alone.
+Hand-checked layouts of the compact (device) form, `attention_on_device=True` (a row of 3 documents [3, 1, 4], a
+row ending mid-document, padding), the causal boundary labels in the shifted (model) and unshifted (CLM→MLM)
+conventions, MLM masks unchanged in both forms, padding-free splitting, errors, and exactness: a tiny Llama fed the
+collator's output with a block-diagonal causal mask built here from document_ids gives every document the logits
+and loss it gets alone. The default form (the batch isolating documents by itself) is `test_drop_in_documents`.
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ def blocks() -> list[dict]:
 
 POSITIONS = [[0, 1, 2, 0, 0, 1, 2, 3], [0, 1, 0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 5, 6, 7]]
 DOCUMENTS = [[0, 0, 0, 1, 2, 2, 2, 2], [0, 0, 1, 1, 1, -1, -1, -1], [0, 0, 0, -1, -1, -1, -1, -1]]
+ON_DEVICE = {"attention_on_device": True}  # the compact form PretrainingTrainer takes
 
 
 def test_causal_padded_columns_and_boundary_labels(tokenizer):
-    batch = DataCollatorForCausalLM(tokenizer)(blocks())
+    batch = DataCollatorForCausalLM(tokenizer, **ON_DEVICE)(blocks())
     assert sorted(batch) == ["attention_mask", "document_ids", "input_ids", "labels", "position_ids"]
     assert batch["position_ids"].tolist() == POSITIONS
     assert batch["document_ids"].tolist() == DOCUMENTS
@@ -49,7 +51,7 @@ def test_causal_padded_columns_and_boundary_labels(tokenizer):
 
 
 def test_pad_to_multiple_of_and_numpy(tokenizer):
-    batch = DataCollatorForCausalLM(tokenizer, pad_to_multiple_of=4, return_tensors="np")(blocks()[1:])
+    batch = DataCollatorForCausalLM(tokenizer, pad_to_multiple_of=4, return_tensors="np", **ON_DEVICE)(blocks()[1:])
     assert isinstance(batch["document_ids"], np.ndarray)
     assert batch["position_ids"].tolist() == [[0, 1, 0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 5, 6, 7]]
     assert batch["document_ids"].tolist() == [[0, 0, 1, 1, 1, -1, -1, -1], [0, 0, 0, -1, -1, -1, -1, -1]]
@@ -57,7 +59,7 @@ def test_pad_to_multiple_of_and_numpy(tokenizer):
 
 def test_given_attention_mask_zeros_belong_to_no_document(tokenizer):
     feature = {"input_ids": [5, 6, 7, 8], "attention_mask": [1, 1, 1, 0], "document_lengths": [1, 3]}
-    batch = DataCollatorForCausalLM(tokenizer)([feature])
+    batch = DataCollatorForCausalLM(tokenizer, **ON_DEVICE)([feature])
     assert batch["document_ids"].tolist() == [[0, 1, 1, -1]]
     assert batch["position_ids"].tolist() == [[0, 0, 1, 2]]
     assert batch["labels"].tolist() == [[5, -100, 7, -100]]
@@ -72,8 +74,8 @@ def test_single_document_rows_get_default_positions(tokenizer):
 
 def test_unshifted_targets_drop_each_documents_last_token(tokenizer):
     # CLM→MLM: the masked decoder's CLM phase compares position t with token t + 1 (objective_views).
-    causal = DataCollatorForCausalLM(tokenizer)
-    masked = DataCollatorForMaskedLM(tokenizer, mlm_probability=0.5, seed=0)
+    causal = DataCollatorForCausalLM(tokenizer, **ON_DEVICE)
+    masked = DataCollatorForMaskedLM(tokenizer, mlm_probability=0.5, seed=0, **ON_DEVICE)
     batch = MultiObjectiveCollator(masked, causal)(blocks())
     assert batch["clm_unshifted::labels"].tolist() == [
         [11, 12, -100, -100, 15, 16, 17, -100],  # 12 and 13 end documents: 13 and 14 start new ones
@@ -93,12 +95,15 @@ def test_document_starts_torch_and_numpy():
     assert document_starts(torch.from_numpy(ids)).astype(int).tolist() == expected
 
 
+@pytest.mark.parametrize("attention_on_device", [True, False])
 @pytest.mark.parametrize(
     "options",
     [{}, {"whole_word_mask": True}, {"exact_count": True}, {"pad_to_multiple_of": 8, "mlm_probability": 0.4}],
 )
-def test_masked_lm_masks_unchanged(tokenizer, options):
-    collator = DataCollatorForMaskedLM(tokenizer, **{"mlm_probability": 0.5, "seed": 3, **options})
+def test_masked_lm_masks_unchanged(tokenizer, options, attention_on_device):
+    collator = DataCollatorForMaskedLM(
+        tokenizer, **{"mlm_probability": 0.5, "seed": 3, **options}, attention_on_device=attention_on_device
+    )
     text = tokenizer(["masked language modelling hides tokens", "causal language modelling"])["input_ids"]
     features = [
         {"input_ids": text[0], "document_lengths": [2, len(text[0]) - 2]},
@@ -106,11 +111,18 @@ def test_masked_lm_masks_unchanged(tokenizer, options):
     ]
     with_documents = collator(features)
     without = collator([{"input_ids": f["input_ids"]} for f in features])
-    assert sorted(with_documents) == sorted([*without, "position_ids", "document_ids"])
+    assert with_documents["position_ids"][0, :3].tolist() == [0, 1, 0]
+    if attention_on_device:
+        assert sorted(with_documents) == sorted([*without, "position_ids", "document_ids"])
+        assert with_documents["document_ids"][0, :3].tolist() == [0, 0, 1]
+    else:  # the padding mask becomes the (B, 1, T, T) document mask; everything else is the same
+        assert sorted(with_documents) == sorted([*without, "position_ids"])
+        mask = with_documents.pop("attention_mask")[:, 0] == 0  # (B, T, T) allowed: the additive default form
+        padding = without.pop("attention_mask").bool()  # (B, T)
+        assert mask[0, :2, :2].all() and not mask[0, :2, 2:].any() and not mask[0, 2:, :2].any()
+        assert torch.equal(mask[1], (padding[1][:, None] & padding[1][None, :]) | torch.eye(mask.shape[-1]).bool())
     for key in without:
         assert torch.equal(with_documents[key], without[key]), key
-    assert with_documents["document_ids"][0, :3].tolist() == [0, 0, 1]
-    assert with_documents["position_ids"][0, :3].tolist() == [0, 1, 0]
 
 
 @pytest.mark.parametrize("kind", ["causal", "masked"])
@@ -149,10 +161,12 @@ def test_padding_free_masking_schedule_per_document(tokenizer):
     assert torch.equal(labels[len(ids) :] != -100, maskable)
 
 
-def test_without_document_lengths_nothing_new(tokenizer):
-    for collator in (DataCollatorForCausalLM(tokenizer), DataCollatorForMaskedLM(tokenizer, seed=0)):
-        batch = collator([{"input_ids": IDS_A}, {"input_ids": IDS_B}])
+@pytest.mark.parametrize("attention_on_device", [False, True])
+def test_without_document_lengths_nothing_new(tokenizer, attention_on_device):
+    for build in (DataCollatorForCausalLM, DataCollatorForMaskedLM):
+        batch = build(tokenizer, attention_on_device=attention_on_device)([{"input_ids": IDS_A}, {"input_ids": IDS_B}])
         assert "position_ids" not in batch and "document_ids" not in batch
+        assert batch["attention_mask"].tolist() == [[1] * 8, [1] * 5 + [0] * 3]  # the (B, T) padding mask
 
 
 @pytest.mark.parametrize("padding_free", [False, True])
@@ -207,7 +221,7 @@ def test_tiny_llama_documents_are_isolated(tokenizer, attention):
     config._attn_implementation = attention
     model = LlamaForCausalLM(config).eval()
     features = blocks()
-    batch = DataCollatorForCausalLM(tokenizer)(features)
+    batch = DataCollatorForCausalLM(tokenizer, **ON_DEVICE)(features)
     mask = _document_mask(batch["document_ids"], additive=attention == "eager")
     with torch.no_grad():
         out = model(

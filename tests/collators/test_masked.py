@@ -1,9 +1,11 @@
 """DataCollatorForMaskedLM: exact small cases, statistics of the 80/10/10 scheme, whole words, exact counts,
-padding-free equivalence, reproducibility across batches and DataLoader workers, the shared masking rate."""
+padding-free equivalence, reproducibility across batches and DataLoader workers, the shared masking rate, and the
+masks pinned by checksum (recorded before the speed-ups of the draw)."""
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import pickle
 
@@ -696,3 +698,65 @@ def test_return_tensors_np_for_every_step(tokenizer):
     assert torch.equal(pt_collator.mask_tokens(collated)["labels"], expected["labels"])  # numpy in, torch out
     packed = DataCollatorForMaskedLM(tokenizer, padding_free=True, seed=1, return_tensors="np")(features)
     assert packed["cu_seq_lens_q"].dtype == np.int32 and isinstance(packed["max_length_k"], int)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The masks are fixed: speed-ups must not change a single draw
+# ---------------------------------------------------------------------------------------------------------------
+
+# sha256 (first 16 hex digits) of the (input_ids, labels) int64 bytes of `_pinned_features` collated at seed 7,
+# recorded with the collator as it was before the sparse split / replacement draws and the integer comparisons
+# (`_mlm_draw`); the keyed masks of a sample are part of a run's reproducibility (resume, any worker count).
+PINNED_DIGESTS = {
+    "default": "c369606bf25a94bd",
+    "whole_word": "5ec47304ed9e0984",
+    "exact": "dbaff37d69542502",
+    "padding_free": "2f5c3d20bfc621d6",
+    "rate_0.4_split_50_50": "2109a9b6b622d2d8",
+}
+PINNED_OPTIONS = {
+    "default": {},
+    "whole_word": {"whole_word_mask": True},
+    "exact": {"exact_count": True},
+    "padding_free": {"padding_free": True},
+    "rate_0.4_split_50_50": {"mlm_probability": 0.4, "mask_replace_prob": 0.5, "random_replace_prob": 0.5},
+}
+
+
+def _pinned_features(tokenizer) -> list[dict]:
+    """12 rows of 1..199 ids drawn over the whole vocabulary (special ones included), cut into 1-5 documents."""
+    rng = np.random.default_rng(1234)
+    features = []
+    for _ in range(12):
+        n = int(rng.integers(1, 200))
+        ids = rng.integers(0, len(tokenizer), n).tolist()
+        cuts = (
+            np.sort(rng.choice(np.arange(1, n), size=min(n - 1, int(rng.integers(0, 5))), replace=False))
+            if n > 1
+            else []
+        )
+        lengths = np.diff(np.concatenate([[0], cuts, [n]])).astype(int).tolist()
+        features.append({"input_ids": ids, "document_lengths": lengths})
+    return features
+
+
+def _digest(batch) -> str:
+    digest = hashlib.sha256()
+    for key in ("input_ids", "labels"):
+        digest.update(np.ascontiguousarray(batch[key].numpy(), dtype=np.int64).tobytes())
+    return digest.hexdigest()[:16]
+
+
+@pytest.mark.parametrize("attention_on_device", [True, False])
+@pytest.mark.parametrize("name", list(PINNED_OPTIONS))
+def test_masks_are_pinned(tokenizer, name, attention_on_device):
+    collator = DataCollatorForMaskedLM(
+        tokenizer, seed=7, **PINNED_OPTIONS[name], attention_on_device=attention_on_device
+    )
+    assert _digest(collator(_pinned_features(tokenizer))) == PINNED_DIGESTS[name]
+
+
+def test_per_row_rates_are_pinned(tokenizer):
+    collator = DataCollatorForMaskedLM(tokenizer, seed=7, attention_on_device=True)
+    batch = collator.mask_tokens(collator.collate(_pinned_features(tokenizer)), mlm_probability=np.linspace(0, 1, 12))
+    assert _digest(batch) == "6da91e7ec58017f1"

@@ -152,3 +152,28 @@ def test_bad_features_raise(tokenizer):
         collator([{"input_ids": [300]}])
     with pytest.raises(ValueError, match="lengths"):
         prefix_lm_attention_mask([0, 2], [0, 1], 2)
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_attention_on_device_sends_columns_instead_of_the_mask(tokenizer, attn_implementation):
+    from hf_pretrain.attention_masks import document_attention_mask
+
+    rows = random_rows(3, [10, 6, 8], seed=6)
+    features = [{"input_ids": r, "prefix_length": p} for r, p in zip(rows, [4, 1, 7])]
+    worker = DataCollatorForPrefixLM(tokenizer, attn_implementation=attn_implementation, pad_to_multiple_of=4)
+    device = DataCollatorForPrefixLM(
+        tokenizer, attn_implementation=attn_implementation, pad_to_multiple_of=4, attention_on_device=True
+    )
+    a, b = worker(features), device(features)
+    assert sorted(b) == ["attention_mask", "document_ids", "input_ids", "labels", "prefix_lengths", "prefix_mask"]
+    for key in ("input_ids", "labels", "prefix_lengths"):
+        assert torch.equal(a[key], b[key])
+    real = torch.arange(12)[None, :] < torch.tensor([10, 6, 8])[:, None]  # (3, 12)
+    assert torch.equal(b["attention_mask"], real.long())
+    assert torch.equal(b["document_ids"], torch.where(real, 0, -1))
+    assert torch.equal(b["prefix_mask"], torch.arange(12)[None, :] < torch.tensor([[4], [1], [7]]))
+    # The device builds the worker's pattern on every real query (padding queries keep only their own key there)
+    built = document_attention_mask(
+        b["document_ids"], causal=True, implementation=attn_implementation, prefix_mask=b["prefix_mask"]
+    )
+    assert torch.equal(built[:, 0][real], a["attention_mask"][:, 0][real])

@@ -340,3 +340,18 @@ def test_lists_arrays_and_tensors_give_the_same_batch(tokenizer):
     for convert in (np.array, torch.tensor, tuple):
         batch = collator([{"input_ids": convert(r)} for r in rows])
         assert all(torch.equal(batch[k], expected[k]) for k in expected)
+
+
+def test_decoder_only_attention_on_device_keeps_the_fixed_shape(tokenizer):
+    raw, _ = compute_span_corruption_lengths(24, 0.3)
+    features = [{"input_ids": r} for r in random_rows(3, [raw, raw, raw - 5], seed=7)]
+    kwargs = {"noise_density": 0.3, "inputs_length": 24, "decoder_only": True, "seed": 0}
+    worker = DataCollatorForSpanCorruption(tokenizer, **kwargs)(features)
+    device = DataCollatorForSpanCorruption(tokenizer, attention_on_device=True, **kwargs)(features)
+    width = worker["input_ids"].shape[1]
+    assert device["input_ids"].shape == (3, width) and device["attention_mask"].shape == (3, width)
+    assert torch.equal(worker["input_ids"], device["input_ids"]) and torch.equal(worker["labels"], device["labels"])
+    cols = torch.arange(width)[None, :]
+    assert torch.equal(device["prefix_mask"], cols < worker["prefix_lengths"][:, None])
+    assert torch.equal(device["document_ids"] >= 0, device["attention_mask"].bool())
+    assert ((device["labels"] != -100) <= (device["attention_mask"].bool() & ~device["prefix_mask"])).all()

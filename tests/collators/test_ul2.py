@@ -141,3 +141,20 @@ def test_bad_arguments_raise(tokenizer, kwargs, name):
 def test_bad_denoisers_raise(kwargs, name):
     with pytest.raises(ValueError, match=name):
         Denoiser(**kwargs)
+
+
+def test_decoder_only_attention_on_device_matches_the_worker_mask(tokenizer):
+    from hf_pretrain.attention_masks import document_attention_mask
+
+    rows = random_rows(12, [random.Random(i).randrange(2, 60) for i in range(12)], seed=6)
+    features = [{"input_ids": r} for r in rows]
+    worker = DataCollatorForUL2(tokenizer, decoder_only=True, seed=0)(features)
+    device = DataCollatorForUL2(tokenizer, decoder_only=True, seed=0, attention_on_device=True)(features)
+    for key in ("input_ids", "labels", "prefix_lengths"):
+        assert torch.equal(worker[key], device[key])
+    real = device["attention_mask"].bool()  # (B, T)
+    assert torch.equal(device["document_ids"], torch.where(real, 0, -1))
+    built = document_attention_mask(
+        device["document_ids"], causal=True, implementation="sdpa", prefix_mask=device["prefix_mask"]
+    )
+    assert torch.equal(built[:, 0][real], worker["attention_mask"][:, 0][real])

@@ -15,11 +15,12 @@ from hf_pretrain.data.prepare import PrepareArguments, prepare_corpus
 from hf_pretrain.data.tokenizer import load_tokenizer
 from hf_pretrain.resolve import load_run_arguments
 
+EVAL_BATCH = 64
 WORDS = ["the", "a", "of", "and", "to", "river", "stone", "light", "quiet", "north", "wind", "carries", "seeds", "over", "old", "walls", "fields"]  # fmt: skip
 # Evaluated once, at the end (eval_steps beyond max_steps): the run's own eval_loss on its held-out blocks.
 TINY = [
     "--model_preset", "llama-tiny", "--tokenizer_vocab_size", "600", "--block_size", "32",
-    "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4", "--learning_rate", "3e-3",
+    "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", str(EVAL_BATCH), "--learning_rate", "3e-3",
     "--max_steps", "3", "--logging_steps", "1", "--seed", "0", "--eval_strategy", "steps", "--eval_steps", "1000",
     "--save_steps", "1000", "--report_to", "none", "--disable_tqdm", "true",
 ]  # fmt: skip
@@ -89,19 +90,30 @@ def test_the_run_is_scored_on_exactly_the_blocks_it_held_out(run, kind, request,
     assert (row["heldout"], row["block_size"], row["objective"]) == (kind, 32, "clm")
     assert row["eval_blocks"] == len(blocks) > 0
     assert row["eval_tokens"] == sum(len(ids) for ids in blocks["input_ids"])  # every held-out token, nothing else
-    assert row["eval_predicted_tokens"] == 31 * len(blocks)  # block_size - 1 predictions a block, as in training
-    # The Trainer's eval_loss is the mean of per-batch token means, weighted by batch size; every block is full
-    # (block_size - 1 predicted tokens), so that equals the mean over all predicted tokens, which run_intrinsic gives.
-    assert row["clm_loss"] == pytest.approx(final_eval_loss(run_dir), abs=1e-4)
+    # document_attention: isolated (the default), as in training: every document of a block is scored alone, its
+    # first token context only, so a block predicts block_size minus its number of document pieces.
+    predicted = [_predicted(ids, pieces) for ids, pieces in zip(blocks["input_ids"], blocks["document_lengths"])]
+    assert row["eval_predicted_tokens"] == sum(map(len, predicted)) < 31 * len(blocks)
+    # The Trainer's eval_loss is the mean of per-batch token means, weighted by batch size; all held-out blocks fit
+    # one evaluation batch here, so that is the mean over all predicted tokens, which run_intrinsic gives.
+    assert len(blocks) <= EVAL_BATCH
+    assert row["clm_loss"] == pytest.approx(final_eval_loss(run_dir), rel=1e-5)
     # Bits per byte over the UTF-8 bytes of the predicted tokens (one byte for each EOS separator).
     tokenizer = load_tokenizer(run_dir)
     special = set(tokenizer.all_special_ids)
     decoded = sum(
-        len(tokenizer.decode(ids[1:], skip_special_tokens=True).encode("utf-8")) + sum(i in special for i in ids[1:])
-        for ids in blocks["input_ids"]
+        len(tokenizer.decode(ids, skip_special_tokens=True).encode("utf-8")) + sum(i in special for i in ids)
+        for ids in predicted
     )
     assert row["eval_bytes"] == decoded
-    assert row["bits_per_byte"] == pytest.approx(row["clm_loss"] * 31 * len(blocks) / (np.log(2) * decoded))
+    total = row["eval_predicted_tokens"]
+    assert row["bits_per_byte"] == pytest.approx(row["clm_loss"] * total / (np.log(2) * decoded))
+
+
+def _predicted(ids, pieces):
+    """The tokens of a block that causal LM predicts when its documents are kept apart: all but each one's first."""
+    starts = set(np.cumsum([0, *pieces[:-1]]).tolist())
+    return [token for position, token in enumerate(ids) if position not in starts]
 
 
 def test_held_out_text_given_as_data_is_scored_at_the_run_block_size(mixed_run, tmp_path):

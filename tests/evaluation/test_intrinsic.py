@@ -56,7 +56,9 @@ def test_every_checkpoint_is_scored_by_how_it_was_trained(switched_run, tmp_path
     blocks = held_out_blocks(data_args, load_tokenizer(switched_run), training_args.seed)
     assert causal["heldout"] == masked["heldout"] == "classic" and causal["block_size"] == 32
     assert causal["eval_blocks"] == masked["eval_blocks"] == len(blocks) > 0
-    assert causal["eval_tokens"] == 32 * len(blocks) and causal["eval_predicted_tokens"] == 31 * len(blocks)
+    # Documents kept apart as in training: each document's first token is context only.
+    pieces = sum(len(p) for p in blocks["document_lengths"])
+    assert causal["eval_tokens"] == 32 * len(blocks) and causal["eval_predicted_tokens"] == 32 * len(blocks) - pieces
     for name in ("intrinsic.csv", "intrinsic.json", "intrinsic.png"):
         assert os.path.getsize(os.path.join(out, name)) > 0
     with open(os.path.join(out, "intrinsic.json")) as handle:
