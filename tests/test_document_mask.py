@@ -2,7 +2,8 @@
 
 import pytest
 import torch
-from transformers import BertConfig, BertForMaskedLM, LlamaConfig, LlamaForCausalLM
+from _tiny import tiny_llama_config
+from transformers import BertConfig, BertForMaskedLM, LlamaForCausalLM
 
 from hf_pretrain.modeling_masked_llama import set_bidirectional
 from hf_pretrain.training.document_mask import (
@@ -93,15 +94,7 @@ LENGTHS = [3, 1, 4]  # one packed row, T = 8
 
 def _llama(implementation, bidirectional):
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=32,
-    )
+    config = tiny_llama_config(vocab_size=64, max_position_embeddings=32)
     model = LlamaForCausalLM(config).eval()
     model.set_attn_implementation(implementation)
     if bidirectional:

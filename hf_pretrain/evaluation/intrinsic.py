@@ -62,7 +62,7 @@ from hf_pretrain.evaluation.heldout import (
 )
 from hf_pretrain.evaluation.metrics import bits_per_byte, perplexity
 from hf_pretrain.evaluation.reporting import plot_curves, write_rows
-from hf_pretrain.training.document_mask import isolate_documents
+from hf_pretrain.training.document_mask import isolate_for_model
 
 logger = logging.getLogger(__name__)
 
@@ -180,13 +180,6 @@ def _predicted_tokens(blocks, document_lengths) -> list[np.ndarray]:
     return out
 
 
-def _isolated(model, batch: dict, causal: bool) -> dict:
-    """Model inputs of a collated batch whose documents must not see each other (mask built as in training)."""
-    config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
-    implementation = config._attn_implementation
-    return isolate_documents(batch, causal=causal, implementation=implementation, dtype=model.dtype, config=config)
-
-
 @torch.no_grad()
 def score_causal_blocks(
     model, blocks: Sequence[Sequence[int]], batch_size: int, pad_id: int, document_lengths=None, tokenizer=None
@@ -219,7 +212,7 @@ def _score_causal_documents(model, blocks, document_lengths, batch_size: int, to
         ]
         batch = {key: value.to(device) for key, value in collator(features).items()}
         labels = batch.pop("labels")
-        logits = model(**_isolated(model, batch, causal=True)).logits[:, :-1]  # (B, T - 1, V)
+        logits = model(**isolate_for_model(batch, model, causal=True)).logits[:, :-1]  # (B, T - 1, V)
         targets = labels[:, 1:]
         total += F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum").item()
         count += int((targets != IGNORE_INDEX).sum())
@@ -252,7 +245,7 @@ def score_masked_blocks(
         batch = {key: value.to(getattr(model, "device", "cpu")) for key, value in batch.items()}
         labels = batch.pop("labels")
         if isolated:
-            batch = _isolated(model, batch, causal=False)
+            batch = isolate_for_model(batch, model, causal=False)
         logits = model(**batch).logits  # (B, T, V): no labels given, so dense
         selected = labels != IGNORE_INDEX
         logits, targets = logits[selected].float(), labels[selected]

@@ -50,6 +50,7 @@ __all__ = [
     "document_attention_mask",
     "document_position_ids",
     "isolate_documents",
+    "isolate_for_model",
     "position_offset",
     "supports_document_mask",
 ]
@@ -153,6 +154,14 @@ _PROBE_PREFIX_LENGTH = 2
 def _text_config(model):
     config = model.config
     return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+
+
+def isolate_for_model(inputs: Mapping, model, *, causal: bool) -> Mapping:
+    """`isolate_documents` for `model`: in its attention implementation, compute dtype and position numbering."""
+    config = _text_config(model)
+    return isolate_documents(
+        inputs, causal=causal, implementation=config._attn_implementation, dtype=model.dtype, config=config
+    )
 
 
 def _is_causal(model) -> bool:

@@ -26,7 +26,7 @@ from hf_pretrain.resolve import run_plan
 from hf_pretrain.schedules import ScheduleStateCallback, WSDSchedule
 from hf_pretrain.training.attention import mask_collator, probe_attention, set_direction
 from hf_pretrain.training.callbacks.objective_switch import ObjectiveSwitchCallback
-from hf_pretrain.training.document_mask import isolate_documents, supports_document_mask
+from hf_pretrain.training.document_mask import isolate_for_model, supports_document_mask
 from hf_pretrain.training.throughput import (
     ThroughputMeter,
     flop_counted_parameters,
@@ -207,9 +207,6 @@ class PretrainingTrainer(Trainer):
             return inputs
         phase = self.current_objective()
         model = self.accelerator.unwrap_model(self.model)
-        config = (
-            model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
-        )
         # Only a bidirectional phase attends both ways; "prefix" and "encoder_decoder" on a decoder (decoder-only
         # prefix LM, span corruption, UL2) are causal plus the batch's prefix_mask (B, T), bidirectional there.
         causal = phase.attention != "bidirectional"
@@ -219,13 +216,7 @@ class PretrainingTrainer(Trainer):
             if supported is not True:
                 raise RuntimeError(f"Documents cannot be kept apart in {type(model).__name__}: {supported}")
             self._documents_probed = phase.attention
-        return isolate_documents(
-            inputs,
-            causal=causal,
-            implementation=config._attn_implementation,
-            dtype=model.dtype,
-            config=config,
-        )
+        return isolate_for_model(inputs, model, causal=causal)
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         # Select each batch's view before the Trainer counts its labels for loss normalisation.

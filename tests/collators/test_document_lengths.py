@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from _tiny import tiny_llama_config
+from transformers import LlamaForCausalLM
 
 from hf_pretrain.collators import DataCollatorForCausalLM, DataCollatorForMaskedLM
 from hf_pretrain.collators._documents import document_starts
@@ -209,15 +210,7 @@ def _document_mask(document_ids: torch.Tensor, additive: bool) -> torch.Tensor:
 @pytest.mark.parametrize("attention", ["eager", "sdpa"])
 def test_tiny_llama_documents_are_isolated(tokenizer, attention):
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
+    config = tiny_llama_config(vocab_size=64, max_position_embeddings=64)
     config._attn_implementation = attention
     model = LlamaForCausalLM(config).eval()
     features = blocks()
