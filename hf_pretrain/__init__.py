@@ -19,8 +19,9 @@ from hf_pretrain.collators import (
 from hf_pretrain.data.curriculum import CurriculumCollator, SequenceLengthCurriculum
 from hf_pretrain.data.dedup import exact_duplicates, minhash_signatures, near_duplicates
 from hf_pretrain.data.mixing import MixingSchedule, mix_blocks
-from hf_pretrain.data.prepare import PrepareArguments, load_prepared, prepare_corpus
+from hf_pretrain.data.prepare import PrepareArguments, prepare_corpus
 from hf_pretrain.data.quality import DocumentFilter, filter_documents
+from hf_pretrain.data.shards import load_prepared
 from hf_pretrain.data.sources import SourceSpec, parse_sources
 from hf_pretrain.data.streaming import MixedBlockStream, SourceStream
 from hf_pretrain.data.tokenizer import train_tokenizer

@@ -21,20 +21,19 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow.compute as pc
-from datasets import Dataset, DatasetDict, concatenate_datasets, load_from_disk
+from datasets import Dataset, DatasetDict, concatenate_datasets
 
 from hf_pretrain.cli import parse_mapping
 from hf_pretrain.data.dedup import document_hashes, document_signatures, exact_duplicates, near_duplicates
 from hf_pretrain.data.mixing import mix_blocks, normalize_weights
 from hf_pretrain.data.packing import pack_blocks, tokenize_documents
 from hf_pretrain.data.quality import DEFAULT_FILTERS, NORMALIZATIONS, DocumentFilter, filter_documents
+from hf_pretrain.data.shards import STATS_FILE
 from hf_pretrain.data.sources import parse_sources
 from hf_pretrain.data.tokenizer import load_tokenizer, train_tokenizer
 from hf_pretrain.run_layout import TOKENIZER_SUBDIR
 
 logger = logging.getLogger(__name__)
-
-STATS_FILE = "stats.json"
 
 
 @dataclass
@@ -267,18 +266,3 @@ def _prepare_tokenizer(args: PrepareArguments, train_docs: list[Dataset]):
         text for documents in train_docs for text in documents.select(range(min(per_source, len(documents))))["text"]
     )
     return train_tokenizer(texts, vocab_size=args.tokenizer_vocab_size)
-
-
-def load_prepared(path: str) -> tuple[DatasetDict, dict]:
-    """A prepared dataset (train [+ validation]) and its stats; errors name what is missing."""
-    stats_path = os.path.join(path, STATS_FILE)
-    if not os.path.isfile(stats_path):
-        raise ValueError(
-            f"prepared_dataset_path={path!r} has no {STATS_FILE}: prepare it with recipes/prepare_data.py."
-        )
-    with open(stats_path) as handle:
-        stats = json.load(handle)
-    splits = load_from_disk(path)
-    if not isinstance(splits, DatasetDict) or "train" not in splits:
-        raise ValueError(f"prepared_dataset_path={path!r} holds no 'train' split.")
-    return splits, stats

@@ -26,7 +26,7 @@ from datasets import Dataset, concatenate_datasets
 
 from hf_pretrain.data.mixing import mix_blocks, mix_rows
 from hf_pretrain.data.packing import pack, pack_documents, tokenize_documents
-from hf_pretrain.data.prepare import load_prepared
+from hf_pretrain.data.shards import load_prepared
 from hf_pretrain.data.sources import SourceSpec, _drop_blank, parse_sources, read_files
 from hf_pretrain.data.streaming import MixedBlockStream, SourceStream
 from hf_pretrain.data.tokenizer import load_tokenizer

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from hf_pretrain.data.mixing import MixingSchedule
-from hf_pretrain.data.prepare import PrepareArguments, load_prepared, prepare_corpus
+from hf_pretrain.data.prepare import PrepareArguments, prepare_corpus
+from hf_pretrain.data.shards import load_prepared
 
 NOUNS = ["river", "stone", "garden", "window", "letter", "market", "bridge", "valley", "harbour", "lantern", "meadow", "forest", "castle", "tower"]  # fmt: skip
 
