@@ -21,12 +21,19 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["MASK_FORMATS", "attention_pattern", "document_attention_mask", "document_position_ids"]
+__all__ = [
+    "MASK_FORMATS",
+    "attention_pattern",
+    "document_attention_mask",
+    "document_block_mask",
+    "document_position_ids",
+]
 
-# Attention implementations that take a custom 4D mask, and the form each consumes: eager adds the mask to the
+# Attention implementations that take a custom mask, and the form each consumes: eager adds the mask to the
 # scores, so it needs the additive float form (a boolean mask there would add 0/1 and mask nothing); sdpa takes
-# a boolean mask, True = attend.
-MASK_FORMATS = {"sdpa": "bool", "eager": "additive"}
+# a boolean mask, True = attend; flex_attention takes torch's BlockMask, built from the same key ranges without
+# any (T, T) table (its kernel skips the blocks no query of a tile may see).
+MASK_FORMATS = {"sdpa": "bool", "eager": "additive", "flex_attention": "block"}
 
 
 def unsupported_implementation(implementation: str) -> ValueError:
@@ -174,10 +181,64 @@ def document_attention_mask(
     """
     if implementation not in MASK_FORMATS:
         raise unsupported_implementation(implementation)
+    if MASK_FORMATS[implementation] == "block":
+        return document_block_mask(
+            document_ids, attention_mask, causal=causal, prefix_mask=prefix_mask, sliding_window=sliding_window
+        )
     pattern = attention_pattern(
         document_ids, attention_mask, causal=causal, prefix_mask=prefix_mask, sliding_window=sliding_window
     )
     return in_format(pattern, implementation, dtype)
+
+
+def document_block_mask(
+    document_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    causal: bool,
+    prefix_mask: torch.Tensor | None = None,
+    sliding_window: int | None = None,
+):
+    """The same pattern as `attention_pattern`, as flex_attention's BlockMask (B, 1 head, T, T).
+
+    The mask_mod reads the (B, T) key ranges (or, for layouts without them, the per-token document ids), so
+    nothing of size (T, T) is kept: `create_block_mask` evaluates it tile by tile and stores which tiles are full,
+    partial or empty.
+    """
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    _check_shapes(document_ids, prefix_mask)
+    device = document_ids.device
+    real = document_ids >= 0  # (B, T)
+    if attention_mask is not None:
+        real = real & attention_mask.to(device=device, dtype=torch.bool)
+    prefix = prefix_mask.to(device=device, dtype=torch.bool) if prefix_mask is not None else None
+    documents = torch.where(real, document_ids, torch.full_like(document_ids, -1))
+    ranges = _key_ranges(documents, real, causal, prefix)
+    if ranges is not None:
+        lo, hi = ranges  # (B, T) each
+
+        def allowed(b, h, q, kv):
+            return (kv >= lo[b, q]) & (kv < hi[b, q])
+
+    else:
+        prefix = torch.zeros_like(real) if prefix is None else prefix & real
+
+        def allowed(b, h, q, kv):
+            same = (documents[b, q] == documents[b, kv]) & real[b, q] & real[b, kv]
+            if causal:
+                same = same & ((kv <= q) | (prefix[b, q] & prefix[b, kv]))
+            return same | (q == kv)
+
+    mask_mod = allowed
+    if sliding_window is not None:
+
+        def mask_mod(b, h, q, kv):  # transformers' overlays, as in attention_pattern
+            window = (kv > q - sliding_window) if causal else ((q - kv).abs() <= sliding_window)
+            return allowed(b, h, q, kv) & (window | (q == kv))
+
+    batch, length = document_ids.shape
+    return create_block_mask(mask_mod, batch, None, length, length, device=device)
 
 
 def document_position_ids(document_ids: torch.Tensor) -> torch.Tensor:

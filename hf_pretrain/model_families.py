@@ -20,6 +20,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 
+import torch
 import transformers
 from transformers import (
     AutoConfig,
@@ -145,9 +146,10 @@ def masked_lm_error(config: PretrainedConfig, objective: str) -> str | None:
     )
 
 
-def resolve_attention(config: PretrainedConfig, requested: str | None) -> str:
+def resolve_attention(config: PretrainedConfig, requested: str | None, device_type: str | None = None) -> str:
     """The attention implementation of a run: the one asked for, else the family's default; sdpa asked of an
-    architecture without it stops here, before any work."""
+    architecture without it, or flex_attention on a device where torch cannot train it, stops here, before any
+    work. `device_type` is the training device's ("cpu", "cuda", ...); None skips the device check."""
     family = family_of(config)
     if requested is None:
         return family.default_attention
@@ -156,7 +158,29 @@ def resolve_attention(config: PretrainedConfig, requested: str | None) -> str:
             f"attn_implementation='sdpa': transformers has no sdpa attention for {family.model_type}; set "
             "attn_implementation: eager (or leave it unset to get the architecture's default)."
         )
+    if requested == "flex_attention" and device_type is not None and (problem := _flex_backward(device_type)):
+        raise ValueError(
+            f"attn_implementation='flex_attention' cannot train on {device_type} with torch {torch.__version__} "
+            f"({problem}); use sdpa or eager there."
+        )
     return requested
+
+
+def _flex_backward(device_type: str) -> str | None:
+    """Why torch's flex_attention has no backward pass on `device_type` (torch 2.13 has none on CPU), or None.
+    Probed with one tiny uncompiled call rather than assumed from a version table."""
+    import warnings
+
+    from torch.nn.attention.flex_attention import flex_attention
+
+    query = torch.zeros(1, 1, 16, 8, device=device_type, requires_grad=True)  # (B, heads, T, head_dim)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "flex_attention called without torch.compile": a probe, not a step
+            flex_attention(query, query, query).sum().backward()
+    except (NotImplementedError, RuntimeError) as error:
+        return str(error).split(". ")[0]
+    return None
 
 
 # Checkpoints that are another family's backbone under another name. EuroBERT is a bidirectional Llama (same modules

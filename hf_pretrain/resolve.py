@@ -229,7 +229,9 @@ def resolve_run(model_args: ModelArguments, data_args: DataArguments, training_a
     if as_decoder:  # e.g. CLM on a EuroBERT checkpoint: its weights are a Llama decoder's
         logger.info("%s continues as the %s decoder it is.", model_args.model_name_or_path, config.model_type)
         config = decoder_equivalent(config)
-    attn = model_args.attn_implementation = resolve_attention(config, model_args.attn_implementation)
+    attn = model_args.attn_implementation = resolve_attention(
+        config, model_args.attn_implementation, training_args.device.type
+    )
     check_model_fits_objective(spec, config, attn, training_args)
     kind = family_of(config).kind
     documents = resolve_document_attention(data_args.document_attention, config, spec, attn)

@@ -5,7 +5,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hf_pretrain.attention_masks import attention_pattern, document_attention_mask, general_pattern
+from hf_pretrain.attention_masks import (
+    attention_pattern,
+    document_attention_mask,
+    document_block_mask,
+    general_pattern,
+)
 
 
 @st.composite
@@ -66,3 +71,29 @@ def test_formats(implementation, dtype):
     assert mask.shape == (1, 1, 3, 3) and mask.dtype == dtype
     with pytest.raises(ValueError, match="flash"):
         document_attention_mask(torch.tensor([[0]]), causal=True, implementation="flash_attention_2")
+
+
+@settings(max_examples=60, deadline=None)
+@given(packed_rows(), st.booleans(), st.booleans(), st.sampled_from([None, 2]))
+def test_the_block_mask_is_the_same_pattern(layout, causal, with_prefix, window):
+    """flex_attention's BlockMask: its mask_mod, evaluated on the whole grid, is the pattern of the other formats,
+    and no tile it marks empty holds an allowed pair (what the kernel skips is really masked)."""
+    ids, mask, prefix = layout
+    prefix = prefix if (with_prefix and causal) else None
+    expected = attention_pattern(ids, mask, causal=causal, prefix_mask=prefix, sliding_window=window)  # (B, T, T)
+    block = document_block_mask(ids, mask, causal=causal, prefix_mask=prefix, sliding_window=window)
+    rows, width = ids.shape
+    b, q, kv = torch.meshgrid(torch.arange(rows), torch.arange(width), torch.arange(width), indexing="ij")
+    assert torch.equal(block.mask_mod(b, torch.zeros_like(b), q, kv), expected)
+    tiles = block.to_dense()[:, 0].bool()  # (B, tiles_q, tiles_kv): tiles with any allowed pair
+    size_q, size_kv = block.BLOCK_SIZE
+    for r in range(rows):
+        for i, j in expected[r].nonzero().tolist():
+            assert tiles[r, i // size_q, j // size_kv]
+
+
+def test_a_non_contiguous_layout_gets_the_general_block_mask():
+    ids = torch.tensor([[0, 0, 1, 0, -1]])  # document 0 comes back after document 1: no key ranges
+    block = document_block_mask(ids, causal=True)
+    b, q, kv = torch.meshgrid(torch.arange(1), torch.arange(5), torch.arange(5), indexing="ij")
+    assert torch.equal(block.mask_mod(b, torch.zeros_like(b), q, kv), attention_pattern(ids, causal=True))

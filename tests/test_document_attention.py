@@ -74,7 +74,7 @@ def test_isolated_is_the_default_and_written_to_the_resolved_config(corpus, tmp_
     "preset, extra, message",
     [
         ("t5-tiny", ["--objective", "span_corruption"], "t5 is an encoder-decoder"),
-        ("deberta-v2-tiny", ["--objective", "mlm"], "rejects the 4D mask"),
+        ("deberta-v2-tiny", ["--objective", "mlm"], "rejects the mask"),
     ],
 )
 def test_a_model_that_cannot_isolate_stops_before_any_data_is_read(corpus, tmp_path, preset, extra, message):

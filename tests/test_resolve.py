@@ -338,3 +338,14 @@ def test_other_families_run_on_every_data_path(corpus, tmp_path, preset, objecti
     assert torch.isfinite(torch.tensor(metrics["train_loss"]))
     architecture = json.loads((out / "config.json").read_text())["architectures"][0]
     assert architecture == {"bert-tiny": "BertForMaskedLM", "qwen2-tiny": "Qwen2ForMaskedLM"}[preset]
+
+
+def test_flex_attention_cannot_train_on_cpu_and_says_so_before_any_work():
+    from transformers import AutoConfig
+
+    from hf_pretrain.model_families import resolve_attention
+
+    config = AutoConfig.for_model("llama")
+    with pytest.raises(ValueError, match=r"attn_implementation='flex_attention' cannot train on cpu .*use sdpa"):
+        resolve_attention(config, "flex_attention", "cpu")
+    assert resolve_attention(config, "flex_attention") == "flex_attention"  # no device given: evaluation, a probe

@@ -12,9 +12,11 @@ by `supports_document_mask(..., prefix=True)`.
 - "eager" adds the mask to the scores: an additive float mask (0 / finfo(dtype).min) of shape (B, 1, T, T). A
   boolean mask there would be added as 0/1 and mask nothing.
 - "sdpa" takes a boolean mask (B, 1, T, T), True = attend.
-- "flex_attention" is refused: a BlockMask from `document_ids` (mask_mod) matches sdpa when torch's flex_attention
-  is called directly, but through transformers' compiled flex path on CPU the probe measured leaks across documents
-  (Llama, Qwen2, RoBERTa, DistilBERT) and NaN (BERT, ModernBERT, bidirectional Llama); not built until measured.
+- "flex_attention" takes torch's BlockMask, built from the same (B, T) key ranges by a mask_mod, with nothing of
+  size (T, T) (`attention_masks.document_block_mask`). Measured by the probe through transformers' compiled flex
+  path (forward, CPU): Llama, Qwen2 (also with a prefix), BERT and RoBERTa isolate; ModernBERT fails to compile
+  there (an inductor C++ error, reported by the probe). torch 2.13 has no flex backward on CPU, so training with
+  it is refused on CPU at resolve (`model_families.resolve_attention`); evaluation and GPU runs use it.
 - "flash_attention_2"/"_3" take no mask at all: they isolate through `cu_seq_lens` from padding-free batches
   (position_ids restarting per document, no attention_mask), which this module does not build.
 
@@ -195,7 +197,12 @@ def _alone_mask(ids: torch.Tensor, implementation: str, prefix: bool) -> torch.T
         return torch.ones_like(ids)
     from hf_pretrain.collators.prefix_lm import prefix_lm_attention_mask
 
-    return prefix_lm_attention_mask([ids.shape[1]], [_PROBE_PREFIX_LENGTH], ids.shape[1], implementation)
+    if MASK_FORMATS.get(implementation) != "block":
+        return prefix_lm_attention_mask([ids.shape[1]], [_PROBE_PREFIX_LENGTH], ids.shape[1], implementation)
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    dense = prefix_lm_attention_mask([ids.shape[1]], [_PROBE_PREFIX_LENGTH], ids.shape[1], "sdpa")[:, 0]  # (1, T, T)
+    return create_block_mask(lambda b, h, q, kv: dense[b, q, kv], 1, None, ids.shape[1], ids.shape[1], device="cpu")
 
 
 def supports_document_mask(model, causal: bool | None = None, prefix: bool = False) -> bool | str:
@@ -243,7 +250,8 @@ def supports_document_mask(model, causal: bool | None = None, prefix: bool = Fal
         try:
             base = run(ids)
         except Exception as error:  # a kernel or model that rejects the mask
-            return f"{type(model).__name__} ({implementation}) rejects the 4D mask: {type(error).__name__}: {error}"
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            return f"{type(model).__name__} ({implementation}) rejects the mask: {type(error).__name__}: {first_line}"
         if not torch.isfinite(base[0, :6]).all():
             return f"{type(model).__name__} ({implementation}): non-finite logits with the document mask."
         leaks = {
@@ -257,7 +265,10 @@ def supports_document_mask(model, causal: bool | None = None, prefix: bool = Fal
         for part in (_D0, _D1):
             alone_ids = ids[:, part]
             # the model's own positions: a model that numbers them otherwise (RoBERTa: from padding_idx + 1) shows here
-            alone = _outputs(model, alone_ids, _alone_mask(alone_ids, implementation, prefix), None)
+            try:
+                alone = _outputs(model, alone_ids, _alone_mask(alone_ids, implementation, prefix), None)
+            except Exception as error:  # a kernel that compiles for one shape and not another
+                return f"{type(model).__name__} ({implementation}) fails on a lone document: {type(error).__name__}"
             gap = float((alone - base[:, part]).abs().max())
             if gap > _TOLERANCE:
                 return (
