@@ -1,6 +1,6 @@
 """Data pipeline figures on the shared corpus (tinyshakespeare) and a synthetic 4x concatenation of it.
 
-    python benchmarks/data.py [--corpus ../shared/data/tinyshakespeare.txt] [--rounds 5] [--stats-dir DIR]
+    python benchmarks/data.py [--corpus ../shared/data/tinyshakespeare.txt] [--rounds 5]
 
 1. Tokenize + pack throughput: `tokenize_documents` (datasets.map, batched) + `pack_blocks` (with document
    boundaries), against the tokenizer's own Rust `encode_batch` (ids extracted) on the same documents and cores,
@@ -10,8 +10,10 @@
    1,000-document map batch dropped).
 3. Streaming memory: resident memory of a process that streams the corpus 1x and 10x through `MixedBlockStream`
    (read, normalise, tokenize, pack): at the first block and at most during the pass (target: flat, ratio ~1).
-4. Deduplication of the raw corpus (no filter first): exact and near-duplicate documents and clusters, and time.
-5. Preparation: `prepare_data` on the shared corpus, its stats.json written to --stats-dir.
+4. Near-dedup curve: removal rate per true-Jaccard bin on random documents (recall above the threshold, false
+   positives below), with the LSH candidate probability.
+5. Preparation: documents/s of `prepare_data` on the local executor (1, 2 workers) and Ray (2 workers) on
+   tinyshakespeare x16 + the built-in corpus x64, and peak RSS at 1x/4x/16x with tasks grown with the corpus.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -139,45 +140,97 @@ def streaming_rows(corpus: str, tokenizer_dir: str, workdir: str) -> list[list]:
     return rows
 
 
-def dedup_rows(docs: list[str]) -> list[list]:
-    from hf_pretrain.data.dedup import document_hashes, document_signatures, exact_duplicates, near_duplicates
-
-    documents = Dataset.from_dict({"text": docs})
-    start = time.perf_counter()
-    exact = exact_duplicates(document_hashes(documents))
-    middle = time.perf_counter()
-    near = near_duplicates(document_signatures(documents.select(np.flatnonzero(exact.keep))), threshold=0.8)
-    end = time.perf_counter()
-    return [
-        ["exact (normalised xxh3)", len(docs), exact.removed, exact.clusters, f"{middle - start:.2f}"],
-        ["near (MinHash-LSH, J >= 0.8)", int(exact.keep.sum()), near.removed, near.clusters, f"{end - middle:.2f}"],
-    ]
-
-
-def prepare_stats(corpus: str, tokenizer_dir: str, stats_dir: str) -> dict:
-    from hf_pretrain.data.prepare import PrepareArguments, prepare_corpus
-
-    args = PrepareArguments(
-        sources=[
-            {"name": "shakespeare", "data_files": [corpus], "weight": 0.7},
-            {"name": "pydoc", "default_corpus": True, "weight": 0.3},
-        ],
-        output_dir=stats_dir,
-        overwrite_output_dir=True,
-        block_size=BLOCK,
-        tokenizer_name_or_path=tokenizer_dir,
-        # Dialogue paragraphs are short (Gopher's 50-word minimum would drop most speeches) and the reference docs
-        # are full of code symbols (Gopher's 80% alphabetic words would drop them): both thresholds relaxed.
-        filter_settings={"gopher_quality": {"min_doc_words": 10, "max_non_alpha_words_ratio": 0.5}},
+def recall_rows(pairs: int = 200, words: int = 300, threshold: float = 0.8) -> list[list]:
+    """Near-dedup removal rate per true Jaccard bin, on random documents: b is a with its tail replaced, so that
+    they share k - 4 of their 5-word shingles (true Jaccard (k - 4) / (2 (n - 4) - (k - 4)))."""
+    from hf_pretrain.data.dedup import (
+        candidate_probability,
+        confirm_cutoff,
+        lsh_shape,
+        minhash_signatures,
+        near_duplicates,
     )
-    return prepare_corpus(args)
+
+    rng = np.random.default_rng(0)
+    vocabulary = ["".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), 7)) for _ in range(50_000)]
+    bands, rows_per_band = lsh_shape(threshold, 256)
+    out = []
+    for target in (0.5, 0.6, 0.65, 0.7, 0.72, 0.75, 0.78, 0.8, 0.82, 0.85, 0.9, 0.95):
+        shared = round(2 * target * (words - 4) / (1 + target))  # shingles in common
+        jaccard = shared / (2 * (words - 4) - shared)
+        removed = 0
+        for _ in range(pairs):
+            a = list(rng.choice(vocabulary, words))
+            b = a[: shared + 4] + list(rng.choice(vocabulary, words - shared - 4))
+            removed += int(not near_duplicates(minhash_signatures([" ".join(a), " ".join(b)]), threshold)[1])
+        kind = "recall" if jaccard >= threshold else "false positive"
+        out.append([f"{jaccard:.3f}", kind, f"{removed / pairs:.3f}",
+                    f"{float(candidate_probability(jaccard, bands, rows_per_band)):.3f}"])  # fmt: skip
+    print(f"LSH {bands} bands x {rows_per_band} rows, confirmed at estimated Jaccard >= "
+          f"{confirm_cutoff(threshold, 256):.3f} (threshold {threshold}, 256 permutations, {pairs} pairs per bin)")  # fmt: skip
+    return out
+
+
+PREPARE_SCRIPT = r"""
+import json, os, resource, sys, time
+from hf_pretrain.data.prepare import PrepareArguments, prepare_corpus
+
+def main():
+    shake, pydoc, tokenizer, output, executor, workers, tasks = sys.argv[1:8]
+    args = PrepareArguments(
+        sources=[{"name": "shakespeare", "data_files": [shake], "weight": 0.7},
+                 {"name": "pydoc", "data_files": [pydoc], "weight": 0.3}],
+        output_dir=output, overwrite_output_dir=True, block_size=512, tokenizer_name_or_path=tokenizer,
+        filter_settings={"gopher_quality": {"min_doc_words": 10, "max_non_alpha_words_ratio": 0.5}},
+        executor=executor, workers=int(workers), tasks=int(tasks))
+    start = time.perf_counter()
+    stats = prepare_corpus(args)
+    seconds = time.perf_counter() - start
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    print(json.dumps({"documents": stats["totals"]["documents_in"], "seconds": seconds,
+                      "main_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "worker_kb": children}))
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def corpus_files(corpus: str, workdir: str, copies: int) -> tuple[str, str]:
+    """tinyshakespeare x copies (paragraphs) and the built-in pydoc corpus x 4 copies, as files."""
+    from pydoc_data.topics import topics
+
+    shake, pydoc = os.path.join(workdir, f"shake_x{copies}.txt"), os.path.join(workdir, f"pydoc_x{copies * 4}.jsonl")
+    with open(corpus, encoding="utf-8") as handle:
+        text = handle.read()
+    with open(shake, "w", encoding="utf-8") as handle:
+        handle.writelines(text + "\n\n" for _ in range(copies))
+    with open(pydoc, "w", encoding="utf-8") as handle:
+        for _ in range(copies * 4):
+            handle.writelines(json.dumps({"text": topics[k]}) + "\n" for k in sorted(topics))
+    return shake, pydoc
+
+
+def prepare_rows(corpus: str, tokenizer_dir: str, workdir: str, runs) -> list[list]:
+    """prepare_data in a fresh process per run: (copies, executor, workers, tasks) -> documents/s, peak RSS."""
+    rows = []
+    for copies, executor, workers, tasks in runs:
+        shake, pydoc = corpus_files(corpus, workdir, copies)
+        output = os.path.join(workdir, f"prepared_{copies}_{executor}_{workers}")
+        out = subprocess.run(
+            [sys.executable, "-c", PREPARE_SCRIPT, shake, pydoc, tokenizer_dir, output, executor, str(workers),
+             str(tasks)], capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append([f"{copies}x", executor, workers, tasks, result["documents"], f"{result['seconds']:.1f}",
+                     f"{result['documents'] / result['seconds']:,.0f}", f"{result['main_kb'] / 1024:.0f}",
+                     f"{result['worker_kb'] / 1024:.0f}"])  # fmt: skip
+    return rows
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", default=DEFAULT_CORPUS)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--stats-dir", default=os.path.join(tempfile.gettempdir(), "hf_pretrain_prepared"))
     args = parser.parse_args(argv)
     datasets.disable_progress_bars()
     corpus = os.path.abspath(args.corpus)
@@ -204,15 +257,16 @@ def main(argv=None):
                    "max / 1x", "tokens/s"]  # fmt: skip
         print(format_table(headers, streaming_rows(corpus, tokenizer_dir, workdir)) + "\n")
 
-        print("4. Deduplication of the raw shared corpus (paragraphs, no quality filter first)\n")
-        headers = ["step", "documents in", "removed", "clusters", "seconds"]
-        print(format_table(headers, dedup_rows(docs)) + "\n")
+        print("4. Near-dedup removal rate per true Jaccard bin (random documents of 300 words)\n")
+        headers = ["true Jaccard", "kind", "removed", "LSH candidate probability"]
+        print(format_table(headers, recall_rows()) + "\n")
 
-        print(f"5. prepare_data on the shared corpus (+ the built-in pydoc corpus, 70/30) -> {args.stats_dir}\n")
-        start = time.perf_counter()
-        stats = prepare_stats(corpus, tokenizer_dir, args.stats_dir)
-        print(f"prepared in {time.perf_counter() - start:.1f} s; totals: {json.dumps(stats['totals'], indent=1)}")
-        print(f"stats.json: {os.path.join(args.stats_dir, 'stats.json')}")
+        print("5. prepare_data: documents/s and peak RSS (main process; largest worker) per executor and scale\n")
+        runs = [(16, "local", 1, 4), (16, "local", 2, 4), (16, "ray", 2, 4), (1, "local", 1, 4), (4, "local", 1, 16),
+                (16, "local", 1, 64)]  # fmt: skip
+        headers = ["corpus", "executor", "workers", "tasks/source", "documents", "seconds", "docs/s", "main MiB",
+                   "worker MiB"]  # fmt: skip
+        print(format_table(headers, prepare_rows(corpus, tokenizer_dir, workdir, runs)))
 
 
 if __name__ == "__main__":

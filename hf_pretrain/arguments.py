@@ -15,6 +15,7 @@ from transformers import TrainingArguments
 from hf_pretrain.cli import parse_mapping
 from hf_pretrain.data.curriculum import check_curriculum
 from hf_pretrain.data.mixing import normalize_weights
+from hf_pretrain.data.quality import NORMALIZATIONS
 from hf_pretrain.data.sources import TEXT_SAMPLING, parse_sources
 from hf_pretrain.hub.publisher import DEFAULT_REVISION_TEMPLATE, check_revision_template
 from hf_pretrain.models import MODEL_PRESETS
@@ -131,6 +132,27 @@ class DataArguments:
     streaming: bool = field(
         default=False, metadata={"help": "Stream the Hub dataset instead of downloading it whole (needs max_steps)."}
     )
+    stream_shuffle_documents: int = field(
+        default=1024,
+        metadata={
+            "help": "streaming: documents of each source are read in windows of this many and each window is "
+            "shuffled (seeded by seed, part of the exact resume); memory holds one window of documents. 0: read order."
+        },
+    )
+    stream_shuffle_blocks: int = field(
+        default=512,
+        metadata={
+            "help": "streaming: packed blocks of each source are given out in windows of this many, each shuffled "
+            "(memory: this many blocks per source; a resume re-packs one window). 0: packing order."
+        },
+    )
+    normalization: str = field(
+        default="NFC",
+        metadata={
+            "help": f"Unicode normalisation of every document on every data path, one of {NORMALIZATIONS} (with "
+            "Unix newlines and trimmed whitespace); prepared data keeps the form it was prepared with."
+        },
+    )
     validation_fraction: float = field(
         default=0.05,
         metadata={"help": "Fraction of documents held out for evaluation when no validation set is given."},
@@ -167,7 +189,8 @@ class DataArguments:
         metadata={
             "help": "Weighted sources mixed at the token level, a YAML list (JSON on the command line) of {name, "
             "weight, data_files | dataset_name (+ dataset_config_name, split) | default_corpus: true, text_column, "
-            "text_sample_by}; tokens seen per source are logged. With streaming: true, streamed and resumable."
+            "text_sample_by, quality (prose | technical | none), quality_filters, filter_settings}; tokens seen per "
+            "source are logged. With streaming: true, streamed and resumable."
         },
     )
     prepared_dataset_path: str | None = field(
@@ -235,6 +258,11 @@ class DataArguments:
             check_padding_free(self)
         if self.streaming and not (self.dataset_name or self.data_sources):
             raise ValueError("streaming applies to dataset_name or data_sources; data_files are read directly.")
+        for name in ("stream_shuffle_documents", "stream_shuffle_blocks"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 (no shuffling) or a window size, got {getattr(self, name)}.")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}.")
 
 
 @dataclass

@@ -87,7 +87,7 @@ def build_data(model_args, data_args, training_args) -> TrainingData:
         named = model_args.tokenizer_name_or_path or model_args.model_name_or_path
         sample = None if named else block_data.tokenizer_sample(data_args, model_args.tokenizer_training_documents)
         tokenizer = _tokenizer(model_args, training_args.output_dir, sample, "text", first, is_main)
-        return block_data.streamed_data(data_args, tokenizer)
+        return block_data.streamed_data(data_args, tokenizer, seed)
     train_docs, held_out, specs = block_data.load_source_documents(data_args, seed)
     everything = datasets.concatenate_datasets(train_docs).shuffle(seed=seed)  # all sources train the tokenizer
     tokenizer = _tokenizer(model_args, training_args.output_dir, everything, "text", first, is_main)
@@ -106,7 +106,7 @@ def held_out_blocks(data_args, tokenizer, seed: int) -> datasets.Dataset | None:
     if path == "prepared":
         return block_data.load_prepared_data(data_args, tokenizer).evaluation
     if path == "streamed":
-        return block_data.streamed_data(data_args, tokenizer).evaluation
+        return block_data.streamed_data(data_args, tokenizer, seed).evaluation
     if path == "classic":
         _, eval_docs = load_documents(data_args, seed=seed)
         return None if eval_docs is None else _classic_blocks(data_args, tokenizer, eval_docs)

@@ -6,24 +6,44 @@ characters in 79 documents), so a fresh machine with no network can still run a 
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import json
 import logging
 import os
-from collections import Counter
 from dataclasses import dataclass, field
 
 from datasets import Dataset, IterableDataset, load_dataset
 
-from hf_pretrain.data.quality import document_problem
+from hf_pretrain.cli import parse_mapping
+from hf_pretrain.data.quality import (
+    FILTERS,
+    QUALITY_PRESETS,
+    UNDECODABLE,
+    DocumentFilter,
+    document_problem,
+    filter_documents,
+    normalize_text,
+)
 
 logger = logging.getLogger(__name__)
 
 _BUILDERS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
-# Undecodable bytes become U+FFFD instead of failing the whole file; such documents are then dropped and counted
-# (`quality.document_problem`). The alias "utf_8" (not "utf-8") makes the json builder take its decoding path,
-# the only one that honours encoding_errors.
-_DECODING = {"encoding": "utf_8", "encoding_errors": "replace"}
+
+
+def _mark_undecodable(error: UnicodeError) -> tuple[str, int]:
+    if not isinstance(error, UnicodeDecodeError):
+        raise error
+    return UNDECODABLE, error.end
+
+
+# Files are decoded strictly, and only bytes that are not UTF-8 become the `UNDECODABLE` mark (not U+FFFD, which
+# valid text contains too): the document is then dropped and counted as 'invalid_utf8', the rest of the file is
+# read. The alias "utf_8" (not "utf-8") makes the json builder take its decoding path, the only one that honours
+# encoding_errors. Registered on import, so every process that reads a source (datatrove tasks too) has it.
+UNDECODABLE_ERRORS = "hf_pretrain.undecodable"
+codecs.register_error(UNDECODABLE_ERRORS, _mark_undecodable)
+_DECODING = {"encoding": "utf_8", "encoding_errors": UNDECODABLE_ERRORS}
 TEXT_SAMPLING = ("document", "paragraph", "line")
 STREAM_CHUNK_BYTES = 1 << 20  # streamed text/json files are read 1 MiB at a time (datasets' default: 10 MiB)
 
@@ -49,7 +69,7 @@ def _builder_for(paths: list[str], field_name: str) -> str:
 def read_files(
     paths: list[str], text_sample_by: str = "paragraph", streaming: bool = False, field_name: str = "data_files"
 ) -> Dataset | IterableDataset:
-    """Local .txt / .jsonl / .json / .parquet files of one format, as documents (non-UTF-8 bytes replaced)."""
+    """Local .txt / .jsonl / .json / .parquet files of one format, as documents (undecodable bytes marked)."""
     builder = _builder_for(paths, field_name)
     kwargs = {"sample_by": text_sample_by, **_DECODING} if builder == "text" else {}
     if builder == "json":
@@ -63,24 +83,32 @@ def _load_files(paths: list[str], args, field_name: str) -> Dataset:
     return read_files(paths, args.text_sample_by, field_name=field_name)
 
 
+def _normalization(args) -> str:
+    return getattr(args, "normalization", "NFC")
+
+
 def _check_text_column(dataset: Dataset | IterableDataset, column: str, where: str) -> None:
     columns = dataset.column_names
     if columns is not None and column not in columns:
         raise ValueError(f"text_column={column!r} is not a column of {where}; it has {columns}.")
 
 
-def _drop_blank(dataset: Dataset, column: str, where: str) -> Dataset:
-    """Remove missing, empty, whitespace-only and non-UTF-8 documents, and say how many of each: nothing
-    disappears silently."""
-    problems = Counter(map(document_problem, dataset.data.column(column).to_pylist()))
-    problems.pop(None, None)
-    kept = dataset
+def _drop_blank(dataset: Dataset, column: str, where: str, normalization: str = "NFC") -> Dataset:
+    """Normalise the text (`quality.normalize_text`: every data path trains on the same text) and remove missing,
+    empty, whitespace-only and undecodable documents, saying how many of each: nothing disappears silently. The
+    other columns are kept."""
+    kept, problems = filter_documents(dataset, DocumentFilter(normalization, filters=()), column, keep_columns=True)
     if problems:
-        kept = dataset.filter(lambda text: document_problem(text) is None, input_columns=column)
-        logger.warning("%s: skipped %d unusable documents %s.", where, len(dataset) - len(kept), dict(problems))
+        logger.warning("%s: skipped %d unusable documents %s.", where, sum(problems.values()), problems)
     if len(kept) == 0:
         raise ValueError(f"{where} has no non-empty document in column {column!r}: the corpus is empty.")
     return kept
+
+
+def _normalized_stream(documents: IterableDataset, column: str, normalization: str) -> IterableDataset:
+    documents = documents.filter(lambda text: document_problem(text) is None, input_columns=column)
+    documents = documents.map(lambda text: {column: normalize_text(text, normalization)}, input_columns=column)
+    return documents.filter(bool, input_columns=column)
 
 
 def load_documents(args, seed: int = 0) -> tuple[Dataset | IterableDataset, Dataset | None]:
@@ -113,10 +141,14 @@ def load_documents(args, seed: int = 0) -> tuple[Dataset | IterableDataset, Data
     if isinstance(train, IterableDataset):
         if args.max_documents is not None:
             train = train.take(args.max_documents)
-        train = train.filter(lambda text: document_problem(text) is None, input_columns=column)
-        return train, validation if not isinstance(validation, IterableDataset) else validation.take(1000)
+        train = _normalized_stream(train, column, _normalization(args))
+        if isinstance(validation, IterableDataset):
+            return train, _normalized_stream(validation.take(1000), column, _normalization(args))
+        return train, None if validation is None else _drop_blank(
+            validation, column, "the validation set", _normalization(args)
+        )
 
-    train = _drop_blank(train, column, where)
+    train = _drop_blank(train, column, where, _normalization(args))
     if args.max_documents is not None:
         train = train.select(range(min(args.max_documents, len(train))))
     if validation is None and args.validation_fraction > 0:
@@ -125,7 +157,7 @@ def load_documents(args, seed: int = 0) -> tuple[Dataset | IterableDataset, Data
         split = train.train_test_split(test_size=args.validation_fraction, seed=seed)
         train, validation = split["train"], split["test"]
     if validation is not None:
-        validation = _drop_blank(validation, column, "the validation set")
+        validation = _drop_blank(validation, column, "the validation set", _normalization(args))
     return train, validation
 
 
@@ -136,7 +168,14 @@ def load_documents(args, seed: int = 0) -> tuple[Dataset | IterableDataset, Data
 
 @dataclass
 class SourceSpec:
-    """One corpus of a mixture: local files, a Hub dataset or the built-in default corpus, with its weight."""
+    """One corpus of a mixture: local files, a Hub dataset or the built-in default corpus, with its weight.
+
+    Its quality filtering (`quality.source_filter`): the run's filters and thresholds under the `quality` preset
+    ('prose': as they are; 'technical': relaxed for code, markup and math, `quality.TECHNICAL_SETTINGS`; 'none': no
+    quality filter, normalisation and validity only), then the source's own `quality_filters` (the list replaces the
+    run's) and `filter_settings` (key by key over the run's and the preset's). Training on `data_sources` directly
+    runs no quality filter unless a source lists its `quality_filters`.
+    """
 
     name: str
     weight: float = 1.0
@@ -147,10 +186,14 @@ class SourceSpec:
     text_column: str = "text"
     text_sample_by: str = "paragraph"
     default_corpus: bool = False
+    quality: str = "prose"
+    quality_filters: list[str] | None = None
+    filter_settings: dict | str | None = None
 
     def __post_init__(self):
         if isinstance(self.data_files, str):
             self.data_files = [self.data_files]
+        self._check_quality()
         given = [bool(self.data_files), bool(self.dataset_name), self.default_corpus]
         if sum(given) != 1:
             raise ValueError(
@@ -165,6 +208,27 @@ class SourceSpec:
             raise ValueError(f"Source {self.name!r}: text_sample_by must be one of {TEXT_SAMPLING}.")
         if self.default_corpus and self.text_column != "text":
             raise ValueError(f"Source {self.name!r}: the default corpus has only a 'text' column.")
+
+    def _check_quality(self) -> None:
+        if self.quality not in QUALITY_PRESETS:
+            raise ValueError(f"Source {self.name!r}: quality must be one of {sorted(QUALITY_PRESETS)}.")
+        if isinstance(self.quality_filters, str):
+            self.quality_filters = [self.quality_filters]
+        if self.quality_filters == ["none"]:
+            self.quality_filters = []
+        unknown = sorted(set(self.quality_filters or ()) - set(FILTERS))
+        if unknown:
+            raise ValueError(
+                f"Source {self.name!r}: quality_filters has unknown {unknown}; choose from {sorted(FILTERS)}."
+            )
+        self.filter_settings = parse_mapping(self.filter_settings, f"source {self.name!r} filter_settings")
+        unknown = sorted(set(self.filter_settings) - set(FILTERS))
+        if unknown:
+            raise ValueError(f"Source {self.name!r}: filter_settings has unknown filter(s) {unknown}.")
+        if self.quality == "none" and (self.quality_filters or self.filter_settings):
+            raise ValueError(
+                f"Source {self.name!r}: quality: none runs no filter; unset quality_filters/filter_settings."
+            )
 
     def load(self, streaming: bool = False) -> Dataset | IterableDataset:
         """The source's documents (all columns); the text column is checked to exist."""

@@ -26,6 +26,7 @@ from datasets import Dataset, concatenate_datasets
 
 from hf_pretrain.data.mixing import mix_blocks, mix_rows
 from hf_pretrain.data.packing import pack, pack_documents, tokenize_documents
+from hf_pretrain.data.quality import filter_documents, source_filter
 from hf_pretrain.data.shards import load_prepared
 from hf_pretrain.data.sources import SourceSpec, _drop_blank, parse_sources, read_files
 from hf_pretrain.data.streaming import MixedBlockStream, SourceStream
@@ -97,16 +98,23 @@ def load_prepared_data(data_args, tokenizer=None) -> TrainingData:
     )
 
 
+def training_filter(spec: SourceSpec, data_args):
+    """The normalisation and filters a run applies to a source's documents on every path (in memory, streamed):
+    the run's normalization, no quality filter unless the source lists its own `quality_filters`."""
+    return source_filter(spec, data_args.normalization, filters=())
+
+
 def load_source_documents(data_args, seed: int) -> tuple[list[Dataset], list[Dataset | None], list[SourceSpec]]:
-    """Per source: training and held-out documents (a 'text' column only), blank ones dropped and counted."""
+    """Per source: training and held-out documents (a 'text' column only), normalised as streamed and prepared
+    documents are; unusable ones dropped and counted."""
     specs = _specs(data_args)
     train, held_out = [], []
     for spec in specs:
-        documents = spec.load()
-        documents = documents.select_columns([spec.text_column])
-        if spec.text_column != "text":
-            documents = documents.rename_column(spec.text_column, "text")
-        documents = _drop_blank(documents, "text", f"source {spec.name!r}")
+        documents, dropped = filter_documents(spec.load(), training_filter(spec, data_args), spec.text_column)
+        if dropped:
+            logger.warning("source %r: skipped %d documents %s.", spec.name, sum(dropped.values()), dropped)
+        if len(documents) == 0:
+            raise ValueError(f"source {spec.name!r} has no usable document in column {spec.text_column!r}.")
         if data_args.max_documents is not None:
             documents = documents.select(range(min(data_args.max_documents, len(documents))))
         validation = None
@@ -168,22 +176,38 @@ def validation_file_blocks(data_args, tokenizer) -> Dataset | None:
     if not data_args.validation_files:
         return None
     documents = _drop_blank(
-        read_files(data_args.validation_files, data_args.text_sample_by), data_args.text_column, "validation_files"
+        read_files(data_args.validation_files, data_args.text_sample_by),
+        data_args.text_column,
+        "validation_files",
+        data_args.normalization,
     )
     return pack_run_blocks(
         tokenize_documents(documents, tokenizer, data_args.text_column, data_args.preprocessing_num_workers), data_args
     )
 
 
-def streamed_data(data_args, tokenizer) -> TrainingData:
+def source_streams(data_args, tokenizer, seed: int = 0) -> list[SourceStream]:
+    """One SourceStream per source, filtered like the in-memory path and shuffled by the stream_shuffle_* fields."""
+    return [
+        SourceStream(
+            spec.name,
+            lambda spec=spec: spec.load(streaming=True),
+            tokenizer,
+            data_args.block_size,
+            spec.text_column,
+            document_filter=training_filter(spec, data_args),
+            shuffle_documents=data_args.stream_shuffle_documents,
+            shuffle_blocks=data_args.stream_shuffle_blocks,
+            seed=seed,
+        )
+        for spec in _specs(data_args)
+    ]
+
+
+def streamed_data(data_args, tokenizer, seed: int = 0) -> TrainingData:
     """A MixedBlockStream over the sources (or the one streamed dataset); held out: validation_files only."""
     specs = _specs(data_args)
-    sources = [
-        SourceStream(
-            spec.name, lambda spec=spec: spec.load(streaming=True), tokenizer, data_args.block_size, spec.text_column
-        )
-        for spec in specs
-    ]
+    sources = source_streams(data_args, tokenizer, seed)
     evaluation = validation_file_blocks(data_args, tokenizer)
     return TrainingData(
         train=MixedBlockStream(sources, [s.weight for s in specs]),
@@ -200,9 +224,9 @@ def tokenizer_sample(data_args, limit: int) -> Dataset:
     specs = _specs(data_args)
     texts = []
     for spec in specs:
-        for row in spec.load(streaming=True).take(max(1, limit // len(specs))):
-            if row[spec.text_column] and not str(row[spec.text_column]).isspace():
-                texts.append(row[spec.text_column])
+        rows = spec.load(streaming=True).take(max(1, limit // len(specs)))
+        kept, _ = training_filter(spec, data_args)([row[spec.text_column] for row in rows])
+        texts.extend(text for text in kept if text is not None)
     return Dataset.from_dict({"text": texts})
 
 

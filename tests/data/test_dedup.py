@@ -1,12 +1,15 @@
-"""Exact and near duplicates planted in a small corpus are removed and counted; distinct documents stay."""
+"""Duplicate rules: exact keys through normalisation, the LSH shape for a threshold (recall >= 0.95 at it), and
+candidates confirmed with the full signature, clusters keeping their first document."""
 
 import numpy as np
-from datasets import Dataset
+import pytest
 
 from hf_pretrain.data.dedup import (
-    document_hashes,
-    document_signatures,
+    candidate_groups,
+    candidate_probability,
+    confirm_cutoff,
     exact_duplicates,
+    lsh_shape,
     minhash_signatures,
     near_duplicates,
     normalized_hash,
@@ -17,8 +20,8 @@ VOCABULARY = ["".join(np.random.default_rng(i).choice(list("abcdefghijklmnopqrst
 
 
 def planted_corpus(seed=0):
-    """40 distinct documents, then 10 exact copies (case, punctuation, spacing changed) and 10 near copies (two
-    word of a hundred replaced: Jaccard ≈ 0.9 over 5-word shingles), and 5 documents on the same topic that share only a sentence."""
+    """40 distinct documents, 10 exact copies (case, punctuation, spacing changed), 10 near copies (one word of a
+    hundred replaced: Jaccard ~0.9 over 5-word shingles) and 5 documents sharing only a sentence."""
     rng = np.random.default_rng(seed)
     originals = [" ".join(rng.choice(VOCABULARY, 100)) for _ in range(40)]
     exact = [originals[i].upper().replace(" ", " ,  ") + "!" for i in range(10)]
@@ -34,35 +37,33 @@ def planted_corpus(seed=0):
 
 def test_exact_duplicates_are_found_through_normalisation():
     corpus = planted_corpus()
-    report = exact_duplicates(document_hashes(Dataset.from_dict({"text": corpus})))
-    assert report.removed == 10 and report.clusters == 10 and report.cluster_sizes() == {2: 10}
-    assert np.flatnonzero(~report.keep).tolist() == list(range(40, 50))
-    assert report.representative[40:50].tolist() == list(range(10))  # each copy points at its original
+    keep = exact_duplicates(np.array([normalized_hash(t) for t in corpus], dtype=np.uint64))
+    assert np.flatnonzero(~keep).tolist() == list(range(40, 50))
     assert normalized_hash("Hello,   World!") == normalized_hash("hello world")
 
 
 def test_near_duplicates_are_found_and_distinct_documents_kept():
-    corpus = planted_corpus()
-    documents = Dataset.from_dict({"text": corpus})
-    report = near_duplicates(document_signatures(documents, num_perm=128, ngram=5), threshold=0.7)
-    removed = np.flatnonzero(~report.keep).tolist()
-    assert removed == list(range(40, 60))  # the exact copies are also near copies (Jaccard 1)
-    assert report.representative[50:60].tolist() == list(range(10, 20))
-    assert report.clusters == 20 and report.keep[:40].all() and report.keep[60:].all()
+    keep = near_duplicates(minhash_signatures(planted_corpus()), threshold=0.8)
+    assert np.flatnonzero(~keep).tolist() == list(range(40, 60))  # exact copies are near copies too (Jaccard 1)
 
 
-def test_a_cluster_keeps_its_first_document_only():
-    base = " ".join(VOCABULARY[:80])
-    variants = [base, base + " end", "start " + base, base.replace(VOCABULARY[40], "changed")]
-    signatures = minhash_signatures(variants + ["something else entirely " * 5], num_perm=64, ngram=3)
-    report = near_duplicates(signatures, threshold=0.8)
-    assert report.keep.tolist() == [True, False, False, False, True]
-    assert report.cluster_sizes() == {4: 1} and report.removed == 3
+@pytest.mark.parametrize("threshold, num_perm", [(0.8, 256), (0.8, 128), (0.7, 256), (0.9, 112)])
+def test_the_lsh_shape_keeps_recall_at_the_threshold(threshold, num_perm):
+    bands, rows = lsh_shape(threshold, num_perm)
+    assert bands * rows == num_perm
+    assert candidate_probability(threshold, bands, rows) >= 0.995  # 9 x 13 at 0.8 gave 0.40
+    assert confirm_cutoff(threshold, num_perm) < threshold
+
+
+def test_runs_of_consecutive_pairs_become_groups():
+    pairs = np.array([[0, 1, 0, 5], [0, 5, 1, 2], [0, 3, 1, 4]], dtype=np.uint32)
+    groups = candidate_groups(pairs)
+    assert [g.tolist() for g in groups] == [[[0, 1], [0, 5], [1, 2]], [[0, 3], [1, 4]]]
 
 
 def test_signature_estimates_jaccard():
     a = " ".join(VOCABULARY[:200])
     b = " ".join(VOCABULARY[100:300])  # 5-word shingles: 96 shared of 296 -> Jaccard 0.32
-    sig = minhash_signatures([a, b], num_perm=256, ngram=5)
-    assert sig.dtype == np.uint32 and sig.shape == (2, 256)
-    assert abs((sig[0] == sig[1]).mean() - 96 / 296) < 0.08  # 256 permutations: standard error ~0.03
+    signatures = minhash_signatures([a, b], num_perm=256, ngram=5)
+    assert signatures.dtype == np.uint64 and signatures.shape == (2, 256)
+    assert abs((signatures[0] == signatures[1]).mean() - 96 / 296) < 0.08  # standard error ~0.03

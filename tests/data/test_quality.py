@@ -6,7 +6,7 @@ import pytest
 from datasets import Dataset
 
 from hf_pretrain import DataArguments
-from hf_pretrain.data.quality import DocumentFilter, document_problem, filter_documents, normalize_text
+from hf_pretrain.data.quality import UNDECODABLE, DocumentFilter, document_problem, filter_documents, normalize_text
 from hf_pretrain.data.sources import load_documents
 
 GOOD = (
@@ -71,14 +71,23 @@ def test_thresholds_are_settings_of_each_filter():
 
 
 def test_unusable_documents_are_named():
-    assert [document_problem(t) for t in [None, "", " \n\t", "bad \ufffd", 3, "ok"]] == [
-        "missing", "empty", "whitespace", "invalid_utf8", "not_text", None,
+    assert [document_problem(t) for t in [None, "", " \n\t", f"bad {UNDECODABLE}", 3, "ok", "valid \ufffd"]] == [
+        "missing", "empty", "whitespace", "invalid_utf8", "not_text", None, None,
     ]  # fmt: skip
     assert normalize_text("  e\u0301te\r\nline  ") == "\u00e9te\nline"  # NFC composes, CRLF becomes LF, stripped
 
 
 def test_filter_documents_counts_every_drop_in_parallel_workers():
-    texts = [GOOD, SHORT, "", None, "bad \ufffd byte", REPEATED_LINES, GOOD.replace("river", "harbour"), HASHES] * 3
+    texts = [
+        GOOD,
+        SHORT,
+        "",
+        None,
+        f"bad {UNDECODABLE} byte",
+        REPEATED_LINES,
+        GOOD.replace("river", "harbour"),
+        HASHES,
+    ] * 3
     documents = Dataset.from_dict({"body": texts, "id": list(range(len(texts)))})
     kept, dropped = filter_documents(documents, DocumentFilter(), "body", num_proc=2)
     assert kept.column_names == ["text"] and len(kept) == 6  # GOOD and its twin: dedup is a later step

@@ -1,6 +1,7 @@
 """Streamed blocks: identical to the prepared ones, resumable exactly, failures retried or named."""
 
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import torch
 from datasets import Dataset, IterableDataset
 
 from hf_pretrain.data.packing import pack_blocks, tokenize_documents
-from hf_pretrain.data.quality import DocumentFilter
+from hf_pretrain.data.quality import UNDECODABLE, DocumentFilter
 from hf_pretrain.data.streaming import MixedBlockStream, SourceError, SourceStream, Standing
 
 WORDS = ["the", "a", "of", "river", "stone", "light", "quiet", "north", "wind", "carries", "seeds", "over", "old", "walls", "and", "fields"]  # fmt: skip
@@ -34,13 +35,13 @@ def flaky_documents(texts, shards, failures):
     return IterableDataset.from_generator(generate, gen_kwargs={"shards": [list(s) for s in split]})
 
 
-def make_stream(tokenizer, texts_a, texts_b, failures=(), block_size=16):
+def make_stream(tokenizer, texts_a, texts_b, failures=(), block_size=16, **shuffle):
     failures = set(failures)
     sources = [
         SourceStream("web", lambda: flaky_documents(texts_a, 3, failures), tokenizer, block_size, batch_size=7,
-                     retry_wait=0),
+                     retry_wait=0, **shuffle),
         SourceStream("books", lambda: Dataset.from_dict({"text": texts_b}).to_iterable_dataset(num_shards=2),
-                     tokenizer, block_size, batch_size=5),
+                     tokenizer, block_size, batch_size=5, **shuffle),
     ]  # fmt: skip
     return MixedBlockStream(sources, [0.7, 0.3])
 
@@ -99,7 +100,7 @@ def test_a_source_that_keeps_failing_is_an_error_naming_it(tokenizer, texts):
 
 
 def test_unusable_sources_are_clear_errors(tokenizer):
-    blank = SourceStream("blank", lambda: Dataset.from_dict({"text": ["", "  ", "\ufffd"]}), tokenizer, 8)
+    blank = SourceStream("blank", lambda: Dataset.from_dict({"text": ["", "  ", UNDECODABLE]}), tokenizer, 8)
     with pytest.raises(SourceError, match="'blank' has no usable document"):
         next(blank.blocks())
     assert blank.stats["dropped:empty"] == 1 and blank.stats["dropped:invalid_utf8"] == 1
@@ -109,7 +110,7 @@ def test_unusable_sources_are_clear_errors(tokenizer):
 
 
 def test_documents_dropped_by_filters_are_counted(tokenizer, texts):
-    bad = ["", "   ", "broken \ufffd text", *texts[1][:20]]
+    bad = ["", "   ", f"broken {UNDECODABLE} text", "valid \ufffd", *texts[1][:20]]
     source = SourceStream("mixed", lambda: Dataset.from_dict({"text": bad}), tokenizer, 16,
                           document_filter=DocumentFilter(filters=()), batch_size=4)  # fmt: skip
     list(itertools.islice(source.blocks(), 5))
@@ -136,3 +137,68 @@ def test_dataloader_workers_are_refused(tokenizer, texts):
 def test_standing_round_trips_through_json():
     standing = Standing({"shard_idx": 2}, document=3, offset=17, passes=1)
     assert Standing.from_dict(standing.to_dict()) == standing and Standing.from_dict(None) == Standing()
+
+
+SHUFFLED = {"shuffle_documents": 10, "shuffle_blocks": 8, "seed": 3}
+
+
+@pytest.mark.parametrize("stop", [1, 37, 150, 400])
+def test_a_resumed_shuffled_stream_continues_exactly_through_a_dataloader(tokenizer, texts, stop):
+    def loader(stream):  # what the Trainer iterates: a DataLoader in the main process (num_workers: 0)
+        return iter(torch.utils.data.DataLoader(stream, batch_size=4, num_workers=0, collate_fn=lambda rows: rows))
+
+    full = [
+        row for batch in itertools.islice(loader(make_stream(tokenizer, *texts, **SHUFFLED)), 125) for row in batch
+    ]
+    interrupted = make_stream(tokenizer, *texts, **SHUFFLED)
+    for _ in itertools.islice(loader(interrupted), stop // 4 + 2):  # prefetched past the checkpoint
+        pass
+    resumed = make_stream(tokenizer, *texts, **SHUFFLED)
+    resumed.load_state_dict(json.loads(json.dumps(interrupted.position(stop))))  # through the checkpoint's JSON
+    again = [row for batch in itertools.islice(loader(resumed), (500 - stop) // 4) for row in batch]
+    assert same(again, full[stop : stop + len(again)])
+    assert not same(full[:100], rows(make_stream(tokenizer, *texts), 100))  # shuffling changed the stream
+    with pytest.raises(ValueError, match="was saved with shuffle"):
+        make_stream(tokenizer, *texts).load_state_dict(interrupted.position(stop))
+
+
+def test_blocks_are_shuffled_within_windows(tokenizer, texts):
+    plain = [
+        b.tobytes()
+        for b, _, _ in itertools.islice(
+            SourceStream("web", lambda: Dataset.from_dict({"text": texts[0]}), tokenizer, 16).blocks(), 320
+        )
+    ]
+    source = SourceStream(
+        "web", lambda: Dataset.from_dict({"text": texts[0]}), tokenizer, 16, shuffle_blocks=16, seed=1
+    )
+    shuffled = [b.tobytes() for b, _, _ in itertools.islice(source.blocks(), 320)]
+    for start in range(0, 320, 16):  # each window is a permutation of the same blocks
+        assert sorted(shuffled[start : start + 16]) == sorted(plain[start : start + 16])
+    where = {block: index for index, block in enumerate(plain)}
+    adjacent = np.mean([where[b] - where[a] == 1 for a, b in zip(shuffled, shuffled[1:])])
+    assert adjacent < 0.2  # a random permutation of 16 keeps about 1/16 of neighbours; the read order keeps all
+
+
+def test_documents_are_shuffled_within_windows(tokenizer, texts):
+    eos = tokenizer.eos_token_id
+    documents = [
+        tuple(ids) for ids in tokenize_documents(Dataset.from_dict({"text": texts[0]}), tokenizer)["input_ids"]
+    ]
+    source = SourceStream(
+        "web", lambda: Dataset.from_dict({"text": texts[0]}), tokenizer, 16, shuffle_documents=20, seed=1
+    )
+    flat = [t for b, _, _ in itertools.islice(source.blocks(), 2000) for t in b.tolist()]
+    order, current = [], []
+    for token in flat:
+        current.append(token)
+        if token == eos:
+            order.append(documents.index(tuple(current)))
+            current = []
+    order = order[:120]  # one pass
+    assert sorted(order) == list(range(120))
+    for start in range(0, 120, 20):
+        window = order[start : start + 20]
+        assert sorted(window) == list(range(start, start + 20))
+    ranks = [np.corrcoef(order[s : s + 20], range(20))[0, 1] for s in range(0, 120, 20)]
+    assert abs(np.mean(ranks)) < 0.35 and np.mean(np.diff(order) > 0) < 0.7  # no trace of the read order
