@@ -23,6 +23,7 @@ import math
 
 import numpy as np
 import xxhash
+from datatrove.utils.word_tokenizers import WordTokenizer
 
 CONFIRM_SIGMAS = 2.0  # the cutoff sits this many standard deviations of the estimator below the threshold
 MIN_CANDIDATE_PROBABILITY = 0.995  # LSH recall required at the threshold when choosing bands x rows
@@ -120,6 +121,27 @@ def confirm_group(members: np.ndarray, signatures, cutoff: float, clusters: Unio
     return confirmed
 
 
+def shingle_hash(text: str) -> int:
+    """datatrove's xxhash64 of a shingle; xxhash >= 4 no longer hashes `str`, which datatrove 0.10 passes it."""
+    return xxhash.xxh64_intdigest(text.encode("utf-8"))
+
+
+class SpaceWords(WordTokenizer):
+    """Words of already simplified text (datatrove's `simplify_text` leaves single spaces between them)."""
+
+    def __init__(self):
+        super().__init__("en")
+
+    def word_tokenize(self, text: str) -> list[str]:
+        return [word for word in text.split(" ") if word]
+
+    def sent_tokenize(self, text: str) -> list[str]:
+        return [text]
+
+    def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+        return [(0, len(text))]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # In memory, for a few thousand documents (tests, benchmarks/data.py's recall curve): the same signatures (datatrove's
 # MinhashDedupSignature) and the same confirmation and clustering rule as the pipeline's cluster stage.
@@ -129,8 +151,6 @@ def confirm_group(members: np.ndarray, signatures, cutoff: float, clusters: Unio
 def _signature_step(num_perm: int, ngram: int, seed: int, threshold: float = 0.8):
     from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignature
     from datatrove.utils.hashing import HashConfig
-
-    from hf_pretrain.data.pipeline_steps import SpaceWords, shingle_hash
 
     bands, rows = lsh_shape(threshold, num_perm)
     config = MinhashConfig(n_grams=ngram, num_buckets=bands, hashes_per_bucket=rows, seed=seed,

@@ -22,7 +22,6 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup.exact_dedup import ExactDedupSignature
 from datatrove.pipeline.dedup.minhash import MinhashDedupSignature
 from datatrove.pipeline.readers import JsonlReader
-from datatrove.utils.word_tokenizers import WordTokenizer
 
 from hf_pretrain.data import dedup
 
@@ -56,27 +55,6 @@ def source_priority(document: Document) -> int:
 def is_validation(text: str, fraction: float, seed: int) -> bool:
     """Held out or not, from the document's own text: the same at any scale, and copies go the same way."""
     return fraction > 0 and xxhash.xxh64_intdigest(text.encode("utf-8"), seed=seed) < fraction * 2.0**64
-
-
-def shingle_hash(text: str) -> int:
-    """datatrove's xxhash64 of a shingle; xxhash >= 4 no longer hashes `str`, which datatrove 0.10 passes it."""
-    return xxhash.xxh64_intdigest(text.encode("utf-8"))
-
-
-class SpaceWords(WordTokenizer):
-    """Words of already simplified text (datatrove's `simplify_text` leaves single spaces between them)."""
-
-    def __init__(self):
-        super().__init__("en")
-
-    def word_tokenize(self, text: str) -> list[str]:
-        return [word for word in text.split(" ") if word]
-
-    def sent_tokenize(self, text: str) -> list[str]:
-        return [text]
-
-    def span_tokenize(self, text: str) -> list[tuple[int, int]]:
-        return [(0, len(text))]
 
 
 class SourceShardReader(PipelineStep):
@@ -166,8 +144,8 @@ class DedupSignatures(MinhashDedupSignature):
 
     def __init__(self, minhash_folder: str, exact_folder: str, full_folder: str, config, exact_config, finders: int,
                  near: bool = True, exact: bool = True):  # fmt: skip
-        super().__init__(minhash_folder, config=config, language=SpaceWords())
-        self._hash_func = shingle_hash
+        super().__init__(minhash_folder, config=config, language=dedup.SpaceWords())
+        self._hash_func = dedup.shingle_hash
         self.exact = ExactDedupSignature(exact_folder, exact_config, finder_workers=finders) if exact else None
         self.full_folder, self.near = full_folder, near
         self._row = None
