@@ -139,14 +139,14 @@ def rows(tok, rounds: int, device: str) -> list[list]:
 
 # ---- where the time of an after-call goes ----------------------------------------------------------------------------
 
-_STAGES = {  # module -> the names it calls that are timed as stages
+_STAGES = {  # module -> the names it calls that are timed as stages (names a module lacks are skipped)
     prefix_lm: ("input_id_rows", "document_pieces_of", "sample_keys", "draw_split_points", "decoder_only_batch"),
     ul2: (
-        "input_id_rows",
-        "document_pieces_of",
-        "sample_keys",
+        "examples_of",
+        "document_keys",
         "keyed_fraction",
-        "span_corrupt_flat",
+        "draw_spans",
+        "place_segments",
         "draw_split_points",
         "decoder_only_batch",
     ),
@@ -167,7 +167,12 @@ def breakdown(tok, rounds: int) -> str:
 
         return wrapper
 
-    saved = [(module, name, getattr(module, name)) for module, names in _STAGES.items() for name in names]
+    saved = [
+        (module, name, getattr(module, name))
+        for module, names in _STAGES.items()
+        for name in names
+        if hasattr(module, name)
+    ]
     lay_out = Pieces.lay_out
     for module, name, fn in saved:
         setattr(module, name, timed(name, fn))

@@ -58,7 +58,8 @@ from hf_pretrain.attention_masks import (
     unsupported_implementation,
 )
 
-from ._padding import flatten, pad_flat
+from ._keyed import _GOLDEN32, _MASK32, _position_hashes, mix32, sample_keys
+from ._padding import flatten, padded_length
 
 DOCUMENT_KEY = "document_lengths"
 # What the collators build from `document_lengths`; a feature carrying one as well would be ambiguous.
@@ -84,27 +85,90 @@ def document_pieces(rows: Sequence, row_lengths: np.ndarray) -> tuple[np.ndarray
     return pieces, counts
 
 
+def document_keys(flat: np.ndarray, pieces: np.ndarray, seed: int, epoch: int = 0) -> np.ndarray:
+    """`sample_keys` of the pieces (P,) >= 1 tokens long of `flat` (N,), the same uint32 keys, without padding the
+    pieces to (P, L): packed rows' pieces pad to ~3x their tokens. Each key depends on its piece's tokens only."""
+    if not len(pieces):
+        return np.zeros(0, dtype=np.uint32)
+    longest = int(pieces.max())
+    if pieces.min() == longest:  # equal pieces: the (P, L) view is free
+        return sample_keys(flat.reshape(len(pieces), longest), pieces, seed, epoch)
+    starts = np.cumsum(pieces) - pieces  # (P,)
+    position = np.arange(len(flat)) - np.repeat(starts, pieces)  # (N,) offset of each token in its piece
+    token_hash = flat.astype(np.uint32)
+    token_hash ^= _position_hashes(1 << (longest - 1).bit_length())[position]  # a power of two: one cached table
+    mix32(token_hash)
+    # sample_keys' (B,) content sum, segment by segment (uint32 addition wraps mod 2**32, as its cast does)
+    content = np.add.reduceat(token_hash, starts, dtype=np.uint64).astype(np.uint32) ^ pieces.astype(np.uint32)
+    base = mix32(np.array([(seed * _GOLDEN32 + epoch) & _MASK32], dtype=np.uint32))
+    return mix32(content ^ base)
+
+
 def padded_document_columns(
     pieces: np.ndarray, counts: np.ndarray, row_lengths: np.ndarray, pad_to_multiple_of: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """`position_ids` and `document_ids` (B, T) int64 of right-padded rows, T as `pad_flat` makes it (see the
     module docstring)."""
-    # Flat (N,) values, one np.repeat each (the fastest of the layouts tried: ~1.5x a (B, T) boundary map with
-    # cumsum / maximum.accumulate scans), laid out by `pad_flat`, a free reshape for full blocks.
+    width = padded_length(int(row_lengths.max()) if len(row_lengths) else 0, pad_to_multiple_of)
     first_piece = np.cumsum(counts) - counts  # (B,) index of each row's first piece in `pieces`
     local_id = np.arange(len(pieces)) - np.repeat(first_piece, counts)  # (P,) piece index within its row
-    flat_start = np.cumsum(pieces) - pieces  # (P,) flat offset of each piece
-    document_ids = pad_flat(np.repeat(local_id, pieces), row_lengths, PADDING_DOCUMENT_ID, pad_to_multiple_of)
-    positions = np.arange(int(row_lengths.sum())) - np.repeat(flat_start, pieces)  # (N,)
-    position_ids = pad_flat(positions, row_lengths, -1, pad_to_multiple_of)  # (B, T); -1 at padding
-    if len(row_lengths) and row_lengths.min() < position_ids.shape[1]:
-        # Padding continues the row's last document, which starts at the row length minus the last piece's length.
-        last_start = np.zeros_like(row_lengths)  # (B,); 0 for an empty row
-        has = counts > 0
-        last_start[has] = row_lengths[has] - pieces[(first_piece + counts - 1)[has]]
-        columns = np.arange(position_ids.shape[1])
-        position_ids = np.where(position_ids >= 0, position_ids, columns - last_start[:, None])
+    if not len(row_lengths) or row_lengths.min() == width:
+        # Full rows (packed blocks): flat (N,) values, one np.repeat each, and a free reshape (the fastest of the
+        # layouts tried: ~1.5x a (B, T) scan).
+        document_ids = np.repeat(local_id, pieces).reshape(len(row_lengths), width)
+        positions = np.arange(int(row_lengths.sum())) - np.repeat(np.cumsum(pieces) - pieces, pieces)  # (N,)
+        return positions.reshape(len(row_lengths), width), document_ids
+    # Padded rows: one running sum along each row of what changes where a piece starts, its start column (high 32
+    # bits) and its index + 1 (low 32 bits), and where the padding starts (index + 1 back to 0, so -1): ~2x faster
+    # than laying repeats out in (B, T). Padding keeps the last piece's start: it continues its positions.
+    start = _start_columns(pieces, counts, row_lengths)  # (P,)
+    padded = np.flatnonzero((row_lengths < width) & (counts > 0))  # (R,) rows with padding after a piece
+    last = (first_piece + counts - 1)[padded]  # (R,) their last pieces
+    running = _running_sum(
+        (start << 32) | (local_id + 1),
+        start,
+        counts,
+        first_piece,
+        width,
+        (padded * width + row_lengths[padded], start[last] << 32),
+    )  # (B, T)
+    position_ids = running >> 32
+    np.subtract(np.arange(width), position_ids, out=position_ids)
+    document_ids = np.bitwise_and(running, 0xFFFFFFFF, out=running)
+    document_ids -= 1
     return position_ids, document_ids
+
+
+def document_prefix_mask(
+    pieces: np.ndarray, counts: np.ndarray, row_lengths: np.ndarray, prefix: np.ndarray, width: int
+) -> np.ndarray:
+    """(B, T) bool: the first `prefix[p]` tokens of every piece (P,) of right-padded rows of `width` columns."""
+    start = _start_columns(pieces, counts, row_lengths)  # (P,)
+    if not len(row_lengths) or row_lengths.min() == width:  # full rows: each token's own prefix end, repeated
+        prefix_end = np.repeat(start + prefix, pieces).reshape(len(row_lengths), width)
+    else:  # padded rows: the same by a running sum (padding keeps the last piece's, which ends before it)
+        prefix_end = _running_sum(start + prefix, start, counts, np.cumsum(counts) - counts, width)
+    return np.arange(width) < prefix_end
+
+
+def _start_columns(pieces: np.ndarray, counts: np.ndarray, row_lengths: np.ndarray) -> np.ndarray:
+    """(P,) the column at which each piece starts in its row."""
+    return np.cumsum(pieces) - pieces - np.repeat(np.cumsum(row_lengths) - row_lengths, counts)
+
+
+def _running_sum(values, start, counts, first_piece, width, then=None) -> np.ndarray:
+    """(B, T) int64: every column holds the value (P,) of the last piece of its row starting at or before it (0
+    before the first piece), or from `then`'s flat (B * T) indices on (one per row at most, after its pieces) their
+    values: a running sum along each row of the changes where they start."""
+    heads = first_piece[counts > 0]  # (B',) each row's first piece
+    step = np.diff(values, prepend=0)  # (P,) change from the previous piece ...
+    step[heads] = values[heads]  # ... of the same row
+    changes = np.zeros(len(counts) * width, dtype=np.int64)
+    changes[np.repeat(np.arange(len(counts)) * width, counts) + start] = step
+    if then is not None and len(then[0]):
+        at, after = then
+        changes[at] = after - values[(first_piece + counts - 1)[at // width]]  # from the row's last piece's value
+    return np.cumsum(changes.reshape(len(counts), width), axis=1)
 
 
 def document_starts(document_ids: np.ndarray | torch.Tensor) -> np.ndarray:

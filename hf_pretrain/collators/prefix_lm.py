@@ -43,10 +43,10 @@ from transformers import PreTrainedTokenizerBase
 
 from hf_pretrain.attention_masks import document_attention_mask
 
-from ._documents import PADDING_DOCUMENT_ID, padded_document_columns
+from ._documents import PADDING_DOCUMENT_ID, document_prefix_mask, padded_document_columns
 from ._features import column
 from ._keyed import fresh_seed, sample_keys
-from ._padding import check_pad_to_multiple_of, pad_flat
+from ._padding import check_pad_to_multiple_of
 from ._rows import (
     IGNORE_INDEX,
     Pieces,
@@ -154,10 +154,9 @@ def decoder_only_batch(
         )  # (B, T) each: offset within the piece (padding continues the last one), piece index (-1 at padding)
         if position_ids.shape[1] != width:
             raise ValueError(f"Rows of width {width} do not match their document layout {position_ids.shape[1]}.")
-        # (B, T): each token's own piece's prefix length, compared with its offset in the piece
-        own_prefix = pad_flat(np.repeat(piece_prefix, piece_totals), row_totals, 0, pad_to_multiple_of)
+        # (B, T) bool: the first piece_prefix[p] tokens of every piece p (never padding)
+        prefix_mask = document_prefix_mask(piece_totals, pieces.counts, row_totals, piece_prefix, width)
         real = document_ids >= 0
-        prefix_mask = real & (position_ids < own_prefix)
     else:
         cols = np.arange(width)[None, :]  # (1, T)
         real = cols < row_totals[:, None]  # (B, T)

@@ -2,9 +2,10 @@
 
 R-denoisers are T5 span corruption with short spans, X-denoisers extreme span corruption (long spans or high
 density), the S-denoiser prefix LM. The denoiser of an example is a keyed draw from its own tokens (same choice in
-any batch); the batch is then grouped by denoiser so each group runs the vectorized span-corruption or prefix-LM
-code once (a Python loop over the few denoisers, none over examples), and all groups are assembled into one padded
-batch in the original example order.
+any batch). The examples of every span denoiser then go through one vectorized span-corruption pass (`_span_draw`,
+density and span length per example), those of each prefix denoiser through one split, and every token goes
+straight to its place in the output (`_part_layout`: one scatter for the batch's tokens, one per kind of inserted
+token); no Python loop runs over examples or spans.
 
 Every example becomes (mode token, source, EOS) and (target, EOS):
 
@@ -33,21 +34,22 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from ._keyed import fresh_seed, keyed_fraction, sample_keys
+from ._documents import document_keys
+from ._keyed import fresh_seed, keyed_fraction
 from ._padding import check_pad_to_multiple_of
+from ._part_layout import decoder_only_starts, encoder_decoder_starts, examples_of, merge_segments, place_segments
 from ._rows import (
     IGNORE_INDEX,
-    assemble_rows,
+    Pieces,
     check_fraction_range,
-    document_pieces_of,
     draw_split_points,
-    input_id_rows,
     no_documents_error,
     shift_right,
     tokenizer_id,
 )
+from ._span_draw import SpanDraw, check_span_parameters, draw_spans
 from .prefix_lm import check_attention_on_device, check_attn_implementation, decoder_only_batch
-from .span_corruption import check_span_parameters, missing_sentinels_error, sentinel_ids, span_corrupt_flat
+from .span_corruption import missing_sentinels_error, sentinel_ids
 
 DENOISER_KINDS = ("span", "prefix")
 STREAM_DENOISER = 5  # keyed stream of the denoiser choice
@@ -81,6 +83,20 @@ UL2_DENOISERS = (
     Denoiser("span", noise_density=0.5, mean_noise_span_length=3.0, mode_token="[NLG]"),
     Denoiser("prefix", mode_token="[S2S]"),
 )
+
+
+@dataclass
+class _Parts:
+    """What each piece of a batch becomes (`DataCollatorForUL2._parts`)."""
+
+    span: np.ndarray  # (S,) the pieces of span denoisers
+    prefix: np.ndarray  # (Q,) the pieces of prefix denoisers
+    single: np.ndarray  # the 1-token pieces, kept as they are
+    mode: np.ndarray  # (P,) 1 where a mode token leads the piece
+    first: np.ndarray  # (P,) mode + source + EOS
+    second: np.ndarray  # (P,) target + EOS
+    draw: SpanDraw  # the span pieces' spans
+    split: np.ndarray  # (Q,) the prefix pieces' source lengths
 
 
 @dataclass
@@ -157,113 +173,60 @@ class DataCollatorForUL2:
                 )
             else:
                 self._mode_ids.append(vocab[denoiser.mode_token])
+        # Per denoiser (D,), indexed by the pieces' choices: what the vectorized passes read
+        self._is_span = np.array([d.kind == "span" for d in self.denoisers])
+        self._density = np.array([d.noise_density for d in self.denoisers])
+        self._mean_span = np.array([d.mean_noise_span_length for d in self.denoisers])
+        self._mode_lengths = np.array([m is not None for m in self._mode_ids], dtype=np.int64)
+        self._mode_values = np.array([m or 0 for m in self._mode_ids], dtype=np.int64)
 
     def set_epoch(self, epoch: int) -> None:
         """Fresh denoiser choices and corruption for repeated data."""
         self.epoch = epoch
 
     def __call__(self, features: Sequence[Mapping]) -> dict[str, torch.Tensor]:
-        flat, ids, lengths = input_id_rows(features, self.pad_token_id)  # (N,), (B, T), (B,)
-        pieces = document_pieces_of(features, flat, ids, lengths, self.pad_token_id)  # the examples: (P,) pieces
-        if pieces.documented and not self.decoder_only:
+        flat, lengths, pieces, counts, documented = examples_of(features)  # (N,), (B,), (P,) the examples, (B,)
+        if documented and not self.decoder_only:
             raise no_documents_error("UL2")
-        if not pieces.documented and lengths.min() < 2:
+        if not documented and lengths.min() < 2:
             raise ValueError("UL2 needs sequences of at least 2 tokens.")
-        piece_ids, piece_lengths = pieces.ids, pieces.lengths  # (P, L), (P,)
-        keys = sample_keys(piece_ids, piece_lengths, fresh_seed(self.seed), self.epoch)  # (P,) uint32
+        keys = document_keys(flat, pieces, fresh_seed(self.seed), self.epoch)  # (P,) uint32
         choice = np.searchsorted(self._cumulative, keyed_fraction(keys, STREAM_DENOISER), side="right")  # (P,)
         choice = np.minimum(choice, len(self.denoisers) - 1)  # guards the cumulative sum's rounding at 1.0
-        single = np.flatnonzero(piece_lengths < 2)  # 1-token pieces (packed rows only): fit no denoiser
-        choice[single] = -1
-        cols = np.arange(piece_ids.shape[1])[None, :]  # (1, L)
-        equal_lengths = piece_lengths.min() == piece_ids.shape[1]
-        if not equal_lengths:
-            # Ragged pieces are gathered from the flat tokens (N,), not from their padded (P, L) rows: packed rows'
-            # pieces pad to ~3x their tokens. The denoiser of each token, and its offset in its piece:
-            token_choice = np.repeat(choice, piece_lengths)  # (N,)
-            within = np.arange(len(flat)) - np.repeat(np.cumsum(piece_lengths) - piece_lengths, piece_lengths)
-
-        # One vectorized pass per denoiser over its pieces; parts are collected flat, in grouped piece order.
-        rows, modes, mode_lengths, sources, source_lengths, targets, target_lengths, eos_lengths = (
-            [] for _ in range(8)
-        )
-        for d, denoiser in enumerate(self.denoisers):
-            group = np.flatnonzero(choice == d)  # (G,)
-            if len(group) == 0:
-                continue
-            group_lengths, group_keys = piece_lengths[group], keys[group]
-            # (sum of the group's lengths,): the group's real tokens, piece after piece
-            in_group = None if equal_lengths else token_choice == d  # (N,)
-            group_flat = piece_ids[group].reshape(-1) if equal_lengths else flat[in_group]
-            stream = STREAM_BASE + 2 * d
-            if denoiser.kind == "span":
-                source, source_length, target, target_length = span_corrupt_flat(
-                    group_flat,
-                    group_lengths,
-                    group_keys,
-                    denoiser.noise_density,
-                    denoiser.mean_noise_span_length,
-                    self.sentinel_ids,
-                    stream,
-                )
-            else:
-                split = draw_split_points(group_keys, group_lengths, denoiser.prefix_fraction_range, stream)
-                if equal_lengths:
-                    in_source = (cols < split[:, None]).reshape(-1)  # (G * L,)
-                else:
-                    in_source = within[in_group] < np.repeat(split, group_lengths)  # (tokens of the group,)
-                source, target = group_flat[in_source], group_flat[~in_source]
-                source_length, target_length = split, group_lengths - split
-            has_mode = self._mode_ids[d] is not None
-            rows.append(group)
-            modes.append(np.full(len(group) if has_mode else 0, self._mode_ids[d] or 0, dtype=np.int64))
-            mode_lengths.append(np.full(len(group), int(has_mode), dtype=np.int64))
-            sources.append(source)
-            source_lengths.append(source_length)
-            targets.append(target)
-            target_lengths.append(target_length)
-            eos_lengths.append(np.ones(len(group), dtype=np.int64))
-        if len(single):  # the token as it is: no mode token, no EOS, nothing to predict
-            zeros = np.zeros(len(single), dtype=np.int64)
-            rows.append(single)
-            modes.append(zeros[:0])
-            mode_lengths.append(zeros)
-            sources.append(piece_ids[single, 0])
-            source_lengths.append(zeros + 1)
-            targets.append(zeros[:0])
-            target_lengths.append(zeros)
-            eos_lengths.append(zeros)
-        grouped = np.concatenate(rows)  # (P,) piece of each grouped piece: parts land there directly
-        mode, mode_length = np.concatenate(modes), np.concatenate(mode_lengths)
-        source, source_length = np.concatenate(sources), np.concatenate(source_lengths)
-        target, target_length = np.concatenate(targets), np.concatenate(target_lengths)
-        eos, eos_length = self.eos_token_id, np.concatenate(eos_lengths)
-        first = [(mode, mode_length), (source, source_length), (eos, eos_length)]  # what the model reads
-        second = [(target, target_length), (eos, eos_length)]  # what it predicts
+        choice[pieces < 2] = -1  # 1-token pieces (packed rows only): fit no denoiser
+        parts = self._parts(pieces, keys, choice)
         if self.decoder_only:
-            input_ids, totals = pieces.lay_out(
-                first + second, self.pad_token_id, None, self.pad_to_multiple_of, grouped
+            first_at, second_at, _, width = decoder_only_starts(
+                parts.first, parts.second, counts, None, self.pad_to_multiple_of
+            )  # (P,), (P,): where each piece's parts start in the (B * W,) output
+            out = np.full(len(counts) * width, self.pad_token_id, dtype=np.int64)
+        else:
+            first_at, second_at, width, target_width = encoder_decoder_starts(
+                parts.first, parts.second, pad_to_multiple_of=self.pad_to_multiple_of
             )
-            prefix = np.empty_like(totals)  # (P,)
-            prefix[grouped] = mode_length + source_length + eos_length
+            out = np.empty(len(counts) * (width + target_width), dtype=np.int64)  # inputs (B, W), labels (B, W2)
+            out[: len(counts) * width] = self.pad_token_id
+            out[len(counts) * width :] = IGNORE_INDEX
+        self._write(out, flat, pieces, choice, parts, first_at, second_at)
+        if self.decoder_only:
             batch = decoder_only_batch(
-                input_ids,
-                pieces,
-                totals,
-                prefix,
+                out.reshape(len(counts), width),
+                Pieces(pieces, counts, None, documented),  # no padded piece ids: the keys read the flat tokens
+                parts.first + parts.second,
+                parts.first,
                 attention_on_device=self.attention_on_device,
                 attn_implementation=self.attn_implementation,
                 pad_to_multiple_of=self.pad_to_multiple_of,
             )
         else:
-            batch = {}
-            input_ids, totals = assemble_rows(first, self.pad_token_id, None, self.pad_to_multiple_of, grouped)
-            labels, _ = assemble_rows(second, IGNORE_INDEX, None, self.pad_to_multiple_of, grouped)
-            batch["input_ids"] = torch.from_numpy(input_ids)
-            batch["attention_mask"] = torch.from_numpy(
-                (np.arange(input_ids.shape[1])[None, :] < totals[:, None]).astype(np.int64)
-            )
-            batch["labels"] = torch.from_numpy(labels)
+            input_ids = out[: len(counts) * width].reshape(len(counts), width)
+            labels = out[len(counts) * width :].reshape(len(counts), target_width)
+            real = np.arange(width)[None, :] < parts.first[:, None]  # (B, W)
+            batch = {
+                "input_ids": torch.from_numpy(input_ids),
+                "attention_mask": torch.from_numpy(real.astype(np.int64)),
+                "labels": torch.from_numpy(labels),
+            }
             if self.return_decoder_input_ids:
                 batch["decoder_input_ids"] = torch.from_numpy(
                     shift_right(labels, self.decoder_start_token_id, self.pad_token_id)
@@ -271,3 +234,62 @@ class DataCollatorForUL2:
         if self.return_denoiser_ids:
             batch["denoiser_ids"] = torch.from_numpy(choice.astype(np.int64))
         return batch
+
+    def _parts(self, pieces: np.ndarray, keys: np.ndarray, choice: np.ndarray) -> _Parts:
+        """Every piece's draws and part lengths: one span-corruption pass for the pieces of every span denoiser
+        (their densities and span lengths per piece), one split per prefix denoiser."""
+        framed = choice >= 0  # (P,) the pieces that get a denoiser, its mode token and two EOS
+        span = np.flatnonzero(framed & self._is_span[choice])  # (S,)
+        prefix = np.flatnonzero(framed & ~self._is_span[choice])  # (Q,)
+        mode = np.where(framed, self._mode_lengths[choice], 0)  # (P,) 1 where a mode token leads the piece
+        draw = draw_spans(
+            pieces[span],
+            self._density[choice[span]],
+            self._mean_span[choice[span]],
+            keys[span],
+            STREAM_BASE + 2 * choice[span],  # (S,) the keyed streams of each piece's denoiser
+        )
+        if len(span) and draw.num_spans.max() > len(self.sentinel_ids):
+            raise missing_sentinels_error(int(draw.num_spans.max()), len(self.sentinel_ids))
+        split = np.zeros_like(pieces)  # (P,) source length of the prefix pieces
+        for d, denoiser in enumerate(self.denoisers):  # a loop over the few prefix denoisers, not over pieces
+            if denoiser.kind == "prefix" and (group := np.flatnonzero(choice == d)).size:
+                split[group] = draw_split_points(
+                    keys[group], pieces[group], denoiser.prefix_fraction_range, STREAM_BASE + 2 * d
+                )
+        split = split[prefix]  # (Q,)
+        # (P,) first = mode + source + EOS (read bidirectionally), second = target + EOS; a 1-token piece: itself
+        first, second = np.ones_like(pieces), np.zeros_like(pieces)
+        first[span] = mode[span] + draw.source_lengths + 1
+        second[span] = draw.target_lengths + 1
+        first[prefix] = mode[prefix] + split + 1
+        second[prefix] = pieces[prefix] - split + 1
+        return _Parts(span, prefix, np.flatnonzero(~framed), mode, first, second, draw, split)
+
+    def _write(self, out, flat, pieces, choice, parts: _Parts, first_at, second_at) -> None:
+        """Every piece into `out` (flat): its runs of its own tokens with one scatter, merged into token order (2
+        per span, a prefix piece's source and target, a 1-token piece), then sentinels, mode tokens and EOS."""
+        span, prefix, single, draw = parts.span, parts.prefix, parts.single, parts.draw
+        source_at = first_at + parts.mode  # (P,)
+        per_piece = np.ones_like(pieces)  # (P,) segments per piece
+        per_piece[span] = 2 * draw.num_spans
+        per_piece[prefix] = 2
+        split_lengths = np.stack([parts.split, pieces[prefix] - parts.split], axis=1).reshape(-1)  # (2Q,)
+        split_starts = np.stack([source_at[prefix], second_at[prefix]], axis=1).reshape(-1)
+        ones = np.ones(len(single), dtype=np.int64)
+        segments = merge_segments(
+            per_piece,
+            [
+                (span, 2 * draw.num_spans, *draw.segments(source_at[span], second_at[span])),
+                (prefix, np.full(len(prefix), 2), split_lengths, split_starts),
+                (single, ones, ones, first_at[single]),
+            ],
+        )
+        place_segments(out, flat, *segments)
+        where, sentinels = draw.sentinels(source_at[span], second_at[span], self.sentinel_ids)  # (2K,) each
+        out[where] = sentinels
+        moded = np.flatnonzero(parts.mode)
+        out[first_at[moded]] = self._mode_values[choice[moded]]
+        framed = np.concatenate([span, prefix])
+        out[first_at[framed] + parts.first[framed] - 1] = self.eos_token_id
+        out[second_at[framed] + parts.second[framed] - 1] = self.eos_token_id

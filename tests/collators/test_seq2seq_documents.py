@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 import torch
 from _tiny import one_thread, tiny_llama_config  # noqa: F401  (one_thread: an autouse fixture)
@@ -18,6 +19,9 @@ from transformers import LlamaForCausalLM
 
 from hf_pretrain import PretrainingArguments, PretrainingTrainer
 from hf_pretrain.collators import DataCollatorForPrefixLM, DataCollatorForSpanCorruption, DataCollatorForUL2, Denoiser
+from hf_pretrain.collators._documents import document_keys, padded_document_columns
+from hf_pretrain.collators._keyed import sample_keys
+from hf_pretrain.collators._padding import pad_flat
 from hf_pretrain.training import document_mask
 from hf_pretrain.training.attention import probe_attention
 from hf_pretrain.training.document_mask import isolate_documents, supports_document_mask
@@ -219,6 +223,64 @@ def test_packed_rows_score_like_their_documents_alone(tokenizer, name, implement
     later = batch["document_ids"] >= 2  # documents 2+ of each row: each has labels and earlier documents
     assert (shared_logits[later] - logits[later]).abs().amax() > 1e-3
     assert abs(shared_loss - loss) > 1e-4
+
+
+@pytest.mark.parametrize("name", ["span", "ul2"])
+def test_many_packed_documents_get_their_draws_alone(tokenizer, name):
+    # Every denoiser (R, X long spans, X dense, S) in one vectorized pass over documents of 1..500 tokens cut at
+    # block ends: each document's tokens, labels and positions are those of the document alone.
+    rng = random.Random(3)
+    lengths = [[rng.choice([1, 2, 3, rng.randrange(4, 500)]) for _ in range(rng.randrange(1, 6))] for _ in range(12)]
+    features = [
+        {"input_ids": random_document(sum(row), rng), "document_lengths": row} for row in lengths if sum(row) >= 1
+    ]
+    batch = collators(tokenizer, attention_on_device=True)[name](features)
+    alone = collators(tokenizer, attention_on_device=True)[name]
+    for row, feature in enumerate(features):
+        start = 0
+        for k, n in enumerate(feature["document_lengths"]):
+            doc = feature["input_ids"][start : start + n]
+            start += n
+            where = batch["document_ids"][row] == k
+            if n == 1:
+                assert batch["input_ids"][row, where].tolist() == doc and (batch["labels"][row, where] == -100).all()
+                continue
+            single = alone([{"input_ids": doc}])
+            assert torch.equal(batch["input_ids"][row, where], single["input_ids"][0])
+            assert torch.equal(batch["labels"][row, where], single["labels"][0])
+            assert torch.equal(batch["prefix_mask"][row, where], single["prefix_mask"][0])
+            assert batch["position_ids"][row, where].tolist() == list(range(int(where.sum())))
+
+
+def test_document_keys_are_the_keys_of_the_padded_pieces():
+    rng = np.random.default_rng(0)
+    for trial in range(50):
+        pieces = rng.integers(1, 600, rng.integers(1, 20))
+        if trial % 5 == 0:
+            pieces[:] = pieces[0]  # equal pieces: the reshaped path
+        flat = rng.integers(0, 50000, pieces.sum()).astype(np.int32)
+        expected = sample_keys(pad_flat(flat, pieces, 0), pieces, seed=trial, epoch=2)
+        assert np.array_equal(document_keys(flat, pieces, seed=trial, epoch=2), expected)
+
+
+def test_padded_document_columns_of_padded_rows_match_their_definition():
+    rng = np.random.default_rng(1)
+    for trial in range(200):
+        counts = rng.integers(0, 5, rng.integers(1, 6))
+        pieces = rng.integers(1, 20, counts.sum())
+        rows = np.split(pieces, np.cumsum(counts)[:-1])
+        row_lengths = np.array([row.sum() for row in rows], dtype=np.int64)
+        if row_lengths.max() == 0:
+            continue
+        multiple = [None, 4, 7][trial % 3]
+        position_ids, document_ids = padded_document_columns(pieces, counts, row_lengths, multiple)
+        for b, row in enumerate(rows):
+            ids = [k for k, n in enumerate(row) for _ in range(n)]
+            positions = [i for n in row for i in range(n)]
+            last = row_lengths[b] - (row[-1] if len(row) else 0)  # padding continues the last document
+            positions += list(range(len(positions) - last, position_ids.shape[1] - last))
+            assert document_ids[b].tolist() == ids + [-1] * (position_ids.shape[1] - len(ids))
+            assert position_ids[b].tolist() == positions
 
 
 # ---- the trainer: causal + prefix_mask on the device, and probes of that form ---------------------------------------

@@ -9,14 +9,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hf_pretrain.collators._keyed import sample_keys
+from hf_pretrain.collators import _span_draw
+from hf_pretrain.collators._keyed import _stream_keys, keyed_bits, sample_keys
+from hf_pretrain.collators._span_draw import corrupted_lengths, noise_counts, segment_lengths
 from hf_pretrain.collators.span_corruption import (
     DataCollatorForSpanCorruption,
     add_sentinel_tokens,
     compute_span_corruption_lengths,
-    corrupted_lengths,
-    noise_counts,
-    random_segment_lengths,
     sentinel_ids,
 )
 from hf_pretrain.data.tokenizer import train_tokenizer
@@ -198,7 +197,7 @@ def test_segmentation_is_uniform_over_compositions():
     # 6 items in 3 non-empty segments: C(5, 2) = 10 compositions, each with probability 1/10 (T5's shuffle).
     count = 20000
     keys = sample_keys(np.arange(count)[:, None], np.ones(count, dtype=np.int64), seed=1)
-    lengths = random_segment_lengths(np.full(count, 6), np.full(count, 3), 3, keys, stream=1)
+    lengths = segment_lengths(np.full(count, 6), np.full(count, 3), _stream_keys(keys, 1)).reshape(count, 3)
     assert (lengths >= 1).all() and (lengths.sum(1) == 6).all()
     _, frequencies = np.unique(lengths, axis=0, return_counts=True)
     assert len(frequencies) == 10
@@ -207,12 +206,44 @@ def test_segmentation_is_uniform_over_compositions():
 
 
 def test_ragged_segmentation_respects_each_row():
-    items, segments = np.array([10, 3, 7, 2]), np.array([4, 2, 1, 2])
-    keys = sample_keys(np.arange(4)[:, None], np.ones(4, dtype=np.int64), seed=0)
-    lengths = random_segment_lengths(items, segments, 4, keys, stream=2)
-    assert lengths.sum(1).tolist() == items.tolist()
-    assert ((lengths > 0).sum(1)).tolist() == segments.tolist()
-    assert all((row[:k] > 0).all() for row, k in zip(lengths, segments))
+    items, segments = np.array([10, 3, 7, 2, 1]), np.array([4, 2, 1, 2, 1])
+    keys = sample_keys(np.arange(5)[:, None], np.ones(5, dtype=np.int64), seed=0)
+    lengths = segment_lengths(items, segments, _stream_keys(keys, 2))
+    rows = np.split(lengths, np.cumsum(segments)[:-1])
+    assert [row.sum() for row in rows] == items.tolist() and [len(row) for row in rows] == segments.tolist()
+    assert (lengths > 0).all()
+
+
+def reference_segments(items, segments, keys, stream):
+    """Segment lengths by brute force: each piece's k - 1 gaps of smallest `keyed_bits` draw (ties to the lower
+    gap), sorted."""
+    out = []
+    for n, k, key in zip(items, segments, keys):
+        gaps = np.arange(n - 1)
+        draws = keyed_bits(np.array([key]), max(n - 1, 1), stream)[0, : n - 1]
+        cuts = np.sort(gaps[np.lexsort((gaps, draws))][: k - 1]) + 1
+        out.append(np.diff(np.concatenate([[0], cuts, [n]])))
+    return np.concatenate(out)
+
+
+@pytest.mark.parametrize("margin", ["default", "none"])
+def test_segmentation_is_exactly_the_smallest_draws(monkeypatch, margin):
+    # The threshold pass must never change the result: with no margin most pieces lack candidates and are redone.
+    if margin == "none":
+        monkeypatch.setattr(_span_draw, "_MARGIN_SIGMAS", 0.0)
+        monkeypatch.setattr(_span_draw, "_MARGIN_EXTRA", 0.0)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        items = rng.integers(1, 700, 12)
+        segments = np.minimum(rng.integers(1, 250, 12), items)
+        keys = rng.integers(0, 2**32, 12, dtype=np.uint64).astype(np.uint32)
+        expected = reference_segments(items, segments, keys, stream=3)
+        assert np.array_equal(segment_lengths(items, segments, _stream_keys(keys, 3)), expected)
+        # A piece's segments depend on its own key and counts only, not on the pieces around it
+        alone = [
+            segment_lengths(items[i : i + 1], segments[i : i + 1], _stream_keys(keys[i : i + 1], 3)) for i in range(12)
+        ]
+        assert np.array_equal(np.concatenate(alone), expected)
 
 
 def test_noise_counts_follow_t5_rounding():

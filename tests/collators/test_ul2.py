@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from hf_pretrain.collators._span_draw import noise_counts
 from hf_pretrain.collators.prefix_lm import prefix_lm_attention_mask
 from hf_pretrain.collators.ul2 import UL2_DENOISERS, DataCollatorForUL2, Denoiser
 
@@ -78,6 +79,28 @@ def test_round_trip_and_mode_tokens_per_denoiser(tokenizer, decoder_only):
         lengths = (batch["labels"] != -100).sum(1) + batch["prefix_lengths"]
         expected = prefix_lm_attention_mask(lengths, batch["prefix_lengths"], batch["input_ids"].shape[1])
         assert torch.equal(batch["attention_mask"], expected)
+
+
+def test_each_span_denoiser_keeps_its_own_counts_in_the_shared_pass(tokenizer):
+    # All span denoisers' examples are corrupted in one vectorized pass (density and span length per example):
+    # every example has exactly its own denoiser's T5 noise and span counts.
+    collator = DataCollatorForUL2(tokenizer, return_denoiser_ids=True, seed=0)
+    rows = random_rows(96, [random.Random(i).randrange(40, 400) for i in range(96)], seed=7)
+    batch = collator([{"input_ids": r} for r in rows])
+    sentinels = set(collator.sentinel_ids.tolist())
+    seen = set()
+    for b, row in enumerate(rows):
+        denoiser = UL2_DENOISERS[int(batch["denoiser_ids"][b])]
+        if denoiser.kind != "span":
+            continue
+        seen.add(int(batch["denoiser_ids"][b]))
+        target = [t for t in batch["labels"][b].tolist() if t != -100][:-1]  # without EOS
+        spans = sum(t in sentinels for t in target)
+        noise, expected_spans = noise_counts(
+            np.array([len(row)]), denoiser.noise_density, denoiser.mean_noise_span_length
+        )
+        assert (len(target) - spans, spans) == (noise[0], expected_spans[0])
+    assert seen == {0, 1, 2}
 
 
 def test_custom_denoisers_without_mode_tokens(tokenizer):
