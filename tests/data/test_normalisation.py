@@ -1,5 +1,5 @@
 """One normalisation on every data path, and only undecodable bytes are invalid UTF-8 (a U+FFFD in valid text is
-text): the in-memory and streamed blocks of the same sources are identical."""
+text): the in-memory, streamed and prepared blocks of the same sources are identical."""
 
 import itertools
 import json
@@ -71,9 +71,33 @@ def streamed_blocks(data_args, tokenizer) -> dict[str, list]:
     }
 
 
-# The prepared path (prepare.py, being moved onto datatrove) becomes one more entry: its per-source blocks in
-# document order, before mixing.
-PATHS = {"streamed": streamed_blocks}
+def prepared_blocks(data_args, tokenizer) -> dict[str, list]:
+    """The datatrove pipeline's shards (one task per source, no filters or dedup: only the normalisation acts),
+    read per source in storage order, which is document order before mixing."""
+    import os
+
+    from datasets import concatenate_datasets, load_from_disk
+
+    from hf_pretrain.data.prepare import PrepareArguments, prepare_corpus
+
+    output = os.path.join(os.path.dirname(data_args.data_sources[0]["data_files"][0]), "prepared")
+    args = PrepareArguments(
+        sources=data_args.data_sources, output_dir=output, block_size=data_args.block_size,
+        normalization=data_args.normalization, quality_filters=["none"], exact_dedup=False, near_dedup=False,
+        validation_fraction=0.0, tasks=1,
+    )  # fmt: skip
+    prepare_corpus(args, tokenizer)
+    with open(os.path.join(output, "index.json")) as handle:
+        shards = json.load(handle)["train_shards"]
+    rows = concatenate_datasets([load_from_disk(os.path.join(output, shard)) for shard in shards])
+    names = [source["name"] for source in data_args.data_sources]
+    blocks = {name: [] for name in names}
+    for ids, lengths, source in zip(rows["input_ids"], rows["document_lengths"], rows["source_id"]):
+        blocks[names[source]].append((ids, lengths))
+    return blocks
+
+
+PATHS = {"streamed": streamed_blocks, "prepared": prepared_blocks}
 
 
 @pytest.mark.parametrize("path", sorted(PATHS))
