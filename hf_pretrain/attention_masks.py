@@ -91,6 +91,17 @@ def _key_ranges(document_ids, real, causal: bool, prefix) -> tuple[torch.Tensor,
     return torch.where(real, lo, arange), torch.where(real, hi, arange + 1)
 
 
+def _token_columns(document_ids, attention_mask, prefix_mask):
+    """(documents, real, prefix), each (B, T): document ids with padding as -1, real tokens, the bool prefix."""
+    _check_shapes(document_ids, prefix_mask)
+    device = document_ids.device
+    real = document_ids >= 0
+    if attention_mask is not None:
+        real = real & attention_mask.to(device=device, dtype=torch.bool)
+    prefix = prefix_mask.to(device=device, dtype=torch.bool) if prefix_mask is not None else None
+    return torch.where(real, document_ids, torch.full_like(document_ids, -1)), real, prefix
+
+
 def attention_pattern(
     document_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
@@ -105,13 +116,8 @@ def attention_pattern(
     keys [lo, hi): two comparisons per (T, T) entry instead of a block-diagonal equality, two padding masks, the
     direction and the diagonal. Other layouts take the general formula.
     """
-    _check_shapes(document_ids, prefix_mask)
+    documents, real, prefix = _token_columns(document_ids, attention_mask, prefix_mask)
     device = document_ids.device
-    real = document_ids >= 0  # (B, T)
-    if attention_mask is not None:
-        real = real & attention_mask.to(device=device, dtype=torch.bool)
-    prefix = prefix_mask.to(device=device, dtype=torch.bool) if prefix_mask is not None else None
-    documents = torch.where(real, document_ids, torch.full_like(document_ids, -1))
     length = document_ids.shape[-1]
     q = torch.arange(length, device=device)[:, None]  # (T, 1)
     kv = torch.arange(length, device=device)[None, :]  # (1, T)
@@ -207,13 +213,7 @@ def document_block_mask(
     """
     from torch.nn.attention.flex_attention import create_block_mask
 
-    _check_shapes(document_ids, prefix_mask)
-    device = document_ids.device
-    real = document_ids >= 0  # (B, T)
-    if attention_mask is not None:
-        real = real & attention_mask.to(device=device, dtype=torch.bool)
-    prefix = prefix_mask.to(device=device, dtype=torch.bool) if prefix_mask is not None else None
-    documents = torch.where(real, document_ids, torch.full_like(document_ids, -1))
+    documents, real, prefix = _token_columns(document_ids, attention_mask, prefix_mask)
     ranges = _key_ranges(documents, real, causal, prefix)
     if ranges is not None:
         lo, hi = ranges  # (B, T) each
@@ -238,7 +238,7 @@ def document_block_mask(
             return allowed(b, h, q, kv) & (window | (q == kv))
 
     batch, length = document_ids.shape
-    return create_block_mask(mask_mod, batch, None, length, length, device=device)
+    return create_block_mask(mask_mod, batch, None, length, length, device=document_ids.device)
 
 
 def document_position_ids(document_ids: torch.Tensor) -> torch.Tensor:
