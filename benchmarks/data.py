@@ -177,12 +177,14 @@ from hf_pretrain.data.prepare import PrepareArguments, prepare_corpus
 
 def main():
     shake, pydoc, tokenizer, output, executor, workers, tasks = sys.argv[1:8]
+    # executor "baseline": the single-process path before preparation moved onto datatrove (run from a checkout
+    # of that commit, see --baseline), which takes neither executor, workers nor tasks
+    placement = {} if executor == "baseline" else {"executor": executor, "workers": int(workers), "tasks": int(tasks)}
     args = PrepareArguments(
         sources=[{"name": "shakespeare", "data_files": [shake], "weight": 0.7},
                  {"name": "pydoc", "data_files": [pydoc], "weight": 0.3}],
         output_dir=output, overwrite_output_dir=True, block_size=512, tokenizer_name_or_path=tokenizer,
-        filter_settings={"gopher_quality": {"min_doc_words": 10, "max_non_alpha_words_ratio": 0.5}},
-        executor=executor, workers=int(workers), tasks=int(tasks))
+        filter_settings={"gopher_quality": {"min_doc_words": 10, "max_non_alpha_words_ratio": 0.5}}, **placement)
     start = time.perf_counter()
     stats = prepare_corpus(args)
     seconds = time.perf_counter() - start
@@ -210,19 +212,27 @@ def corpus_files(corpus: str, workdir: str, copies: int) -> tuple[str, str]:
     return shake, pydoc
 
 
-def prepare_rows(corpus: str, tokenizer_dir: str, workdir: str, runs) -> list[list]:
-    """prepare_data in a fresh process per run: (copies, executor, workers, tasks) -> documents/s, peak RSS."""
-    rows = []
+def prepare_rows(corpus: str, tokenizer_dir: str, workdir: str, runs, baseline: str | None) -> list[list]:
+    """prepare_data in a fresh process per run: (copies, executor, workers, tasks) -> documents/s, peak RSS, and
+    the ratio of documents/s to the baseline's at the same corpus size (the first baseline row of that size)."""
+    rows, reference = [], {}
     for copies, executor, workers, tasks in runs:
+        if executor == "baseline" and baseline is None:
+            continue
         shake, pydoc = corpus_files(corpus, workdir, copies)
         output = os.path.join(workdir, f"prepared_{copies}_{executor}_{workers}")
+        code = baseline if executor == "baseline" else REPO
         out = subprocess.run(
             [sys.executable, "-c", PREPARE_SCRIPT, shake, pydoc, tokenizer_dir, output, executor, str(workers),
-             str(tasks)], capture_output=True, text=True, check=True,
+             str(tasks)], capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": code},
+            cwd=workdir,  # not the repository: python -c puts the working directory first on sys.path
         )  # fmt: skip
         result = json.loads(out.stdout.strip().splitlines()[-1])
-        rows.append([f"{copies}x", executor, workers, tasks, result["documents"], f"{result['seconds']:.1f}",
-                     f"{result['documents'] / result['seconds']:,.0f}", f"{result['main_kb'] / 1024:.0f}",
+        speed = result["documents"] / result["seconds"]
+        reference.setdefault(copies, speed if executor == "baseline" else None)
+        ratio = f"{speed / reference[copies]:.2f}x" if reference[copies] else "-"
+        rows.append([f"{copies}x", executor, workers if executor != "baseline" else 1, tasks, result["documents"],
+                     f"{result['seconds']:.1f}", f"{speed:,.0f}", ratio, f"{result['main_kb'] / 1024:.0f}",
                      f"{result['worker_kb'] / 1024:.0f}"])  # fmt: skip
     return rows
 
@@ -231,6 +241,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", default=DEFAULT_CORPUS)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--sections", default="12345", help="which sections to run, e.g. 5")
+    parser.add_argument("--copies", type=int, default=16, help="section 5: the largest corpus, tinyshakespeare x N")
+    parser.add_argument(
+        "--baseline", help="section 5: a checkout of the single-process path to compare with (git worktree add "
+        "../prep-baseline 972e966; its rows are skipped without it)")  # fmt: skip
     args = parser.parse_args(argv)
     datasets.disable_progress_bars()
     corpus = os.path.abspath(args.corpus)
@@ -241,32 +256,37 @@ def main(argv=None):
     print(f"CPU cores: {os.cpu_count()}; peak RSS of this process so far "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB\n")  # fmt: skip
 
-    print("1. Tokenize + pack throughput (MB of text per second, median of interleaved rounds)\n")
-    headers = ["corpus", "documents", "MB", "encode_batch MB/s", "tokenize+pack MB/s", "ours / encode_batch"]
-    print(format_table(headers, throughput_rows(tokenizer, docs_by_name, args.rounds)) + "\n")
-
-    print(f"2. Packing efficiency: real tokens in {BLOCK}-token blocks / corpus tokens\n")
-    headers = ["corpus", "tokens", "pack_blocks", "group_texts (HF examples)", "pad each document"]
-    print(format_table(headers, efficiency_rows(tokenizer, docs_by_name)) + "\n")
+    if "1" in args.sections:
+        print("1. Tokenize + pack throughput (MB of text per second, median of interleaved rounds)\n")
+        headers = ["corpus", "documents", "MB", "encode_batch MB/s", "tokenize+pack MB/s", "ours / encode_batch"]
+        print(format_table(headers, throughput_rows(tokenizer, docs_by_name, args.rounds)) + "\n")
+    if "2" in args.sections:
+        print(f"2. Packing efficiency: real tokens in {BLOCK}-token blocks / corpus tokens\n")
+        headers = ["corpus", "tokens", "pack_blocks", "group_texts (HF examples)", "pad each document"]
+        print(format_table(headers, efficiency_rows(tokenizer, docs_by_name)) + "\n")
 
     with tempfile.TemporaryDirectory() as workdir:
         tokenizer_dir = os.path.join(workdir, "tokenizer")
         tokenizer.save_pretrained(tokenizer_dir)
-        print("3. Streaming memory: one pass over the corpus through MixedBlockStream, in a fresh process\n")
-        headers = ["corpus", "MB", "tokens", "RSS at 1st block MiB", "max RSS in pass MiB", "growth MiB",
-                   "max / 1x", "tokens/s"]  # fmt: skip
-        print(format_table(headers, streaming_rows(corpus, tokenizer_dir, workdir)) + "\n")
-
-        print("4. Near-dedup removal rate per true Jaccard bin (random documents of 300 words)\n")
-        headers = ["true Jaccard", "kind", "removed", "LSH candidate probability"]
-        print(format_table(headers, recall_rows()) + "\n")
-
-        print("5. prepare_data: documents/s and peak RSS (main process; largest worker) per executor and scale\n")
-        runs = [(16, "local", 1, 4), (16, "local", 2, 4), (16, "ray", 2, 4), (1, "local", 1, 4), (4, "local", 1, 16),
-                (16, "local", 1, 64)]  # fmt: skip
-        headers = ["corpus", "executor", "workers", "tasks/source", "documents", "seconds", "docs/s", "main MiB",
-                   "worker MiB"]  # fmt: skip
-        print(format_table(headers, prepare_rows(corpus, tokenizer_dir, workdir, runs)))
+        if "3" in args.sections:
+            print("3. Streaming memory: one pass over the corpus through MixedBlockStream, in a fresh process\n")
+            headers = ["corpus", "MB", "tokens", "RSS at 1st block MiB", "max RSS in pass MiB", "growth MiB",
+                       "max / 1x", "tokens/s"]  # fmt: skip
+            print(format_table(headers, streaming_rows(corpus, tokenizer_dir, workdir)) + "\n")
+        if "4" in args.sections:
+            print("4. Near-dedup removal rate per true Jaccard bin (random documents of 300 words)\n")
+            headers = ["true Jaccard", "kind", "removed", "LSH candidate probability"]
+            print(format_table(headers, recall_rows()) + "\n")
+        if "5" in args.sections:
+            big, quarter, small = args.copies, max(args.copies // 4, 1), max(args.copies // 16, 1)
+            print(f"5. prepare_data on tinyshakespeare x{big} + pydoc x{4 * big}: documents/s (ratio to the "
+                  "single-process baseline of the same size) and peak RSS (main process; largest worker)\n")  # fmt: skip
+            runs = [(big, "baseline", 1, 1), (big, "local", 1, 4), (big, "local", 2, 4), (big, "ray", 2, 4),
+                    (small, "baseline", 1, 1), (small, "local", 1, 4), (quarter, "baseline", 1, 1),
+                    (quarter, "local", 1, 16), (big, "local", 1, 64)]  # fmt: skip
+            headers = ["corpus", "executor", "workers", "tasks/source", "documents", "seconds", "docs/s",
+                       "vs baseline", "main MiB", "worker MiB"]  # fmt: skip
+            print(format_table(headers, prepare_rows(corpus, tokenizer_dir, workdir, runs, args.baseline)))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import glob
 import gzip
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -295,3 +296,35 @@ def test_a_local_ray_cluster_gives_the_same_dataset(corpus, tmp_path, tokenizer)
         ray.shutdown()
     assert output_files(output) == output_files(local)
     assert comparable_stats(output) == comparable_stats(local)
+
+
+def test_the_quickstart_trains_on_the_prepared_shards_and_resumes_on_the_next_block(one_worker, tmp_path):
+    """What a user does next: the quickstart recipe on the pipeline's output, a per-source token count that follows
+    the mixture index, and a resume that continues on the exact next block."""
+    from _runs import REPO, pretrain, train_logs
+
+    output, stats = one_worker
+    with open(os.path.join(output, "index.json")) as handle:
+        index = json.load(handle)
+    order = np.load(os.path.join(output, index["order_file"]))
+    source_of_row = np.concatenate([load_from_disk(os.path.join(output, s))["source_id"] for s in index["train_shards"]])
+    run = [os.path.join(REPO, "recipes/configs/quickstart.yaml"), "--prepared_dataset_path", output,
+           "--block_size", "64", "--per_device_train_batch_size", "4", "--max_steps", "6", "--save_steps", "3",
+           "--warmup_steps", "2", "--logging_steps", "1", "--logging_first_step", "false", "--eval_strategy", "no",
+           "--report_to", "none", "--dataloader_num_workers", "0"]  # fmt: skip
+    full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
+    pretrain.main([*run, "--output_dir", full])
+    logs = train_logs(full)
+    books = (source_of_row[order[:24]].reshape(6, 4) == 1).sum(1)  # blocks of source 1 (books) in each step
+    assert [logs[s]["tokens_seen/books"] for s in range(1, 7)] == (np.cumsum(books) * 64).tolist()
+    assert [logs[s]["tokens_seen/web"] for s in range(1, 7)] == (np.cumsum(4 - books) * 64).tolist()
+
+    pretrain.main([*run, "--output_dir", resumed, "--max_steps", "6"])
+    for name in os.listdir(resumed):  # "interrupted" after checkpoint-3: only it and the tokenizer remain
+        if name not in ("checkpoint-3", "tokenizer"):
+            path = os.path.join(resumed, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    pretrain.main([*run, "--output_dir", resumed, "--resume_from_checkpoint", "true"])
+    again = train_logs(resumed)
+    assert [again[s]["loss"] for s in range(4, 7)] == pytest.approx([logs[s]["loss"] for s in range(4, 7)], rel=1e-5)
+    assert [again[s]["tokens_seen/books"] for s in range(4, 7)] == [logs[s]["tokens_seen/books"] for s in range(4, 7)]
