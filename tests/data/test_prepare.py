@@ -307,7 +307,9 @@ def test_the_quickstart_trains_on_the_prepared_shards_and_resumes_on_the_next_bl
     with open(os.path.join(output, "index.json")) as handle:
         index = json.load(handle)
     order = np.load(os.path.join(output, index["order_file"]))
-    source_of_row = np.concatenate([load_from_disk(os.path.join(output, s))["source_id"] for s in index["train_shards"]])
+    source_of_row = np.concatenate(
+        [load_from_disk(os.path.join(output, s))["source_id"] for s in index["train_shards"]]
+    )
     run = [os.path.join(REPO, "recipes/configs/quickstart.yaml"), "--prepared_dataset_path", output,
            "--block_size", "64", "--per_device_train_batch_size", "4", "--max_steps", "6", "--save_steps", "3",
            "--warmup_steps", "2", "--logging_steps", "1", "--logging_first_step", "false", "--eval_strategy", "no",
