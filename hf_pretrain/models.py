@@ -15,6 +15,7 @@ from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 from hf_pretrain.model_families import ENCODER_DECODER, decoder_equivalent, family_of
 from hf_pretrain.modeling_masked_llama import register_masked_llama
 from hf_pretrain.presets import MODEL_PRESETS, preset_settings  # noqa: F401  (MODEL_PRESETS: re-exported)
+from hf_pretrain.training.distributed import same_start_on_every_backend
 
 register_masked_llama()  # AutoModelForMaskedLM knows Llama-style decoders from here on
 
@@ -73,8 +74,10 @@ def build_model(
     config: PretrainedConfig, attn_implementation: str | None = None, masked_decoder: bool = False
 ) -> PreTrainedModel:
     """A freshly initialised model for `config`: causal LM, masked LM (`masked_decoder`: the run has a masked-LM
-    phase; an encoder is always a masked LM), or seq2seq for encoder-decoder configs."""
-    return _auto_class(config, masked_decoder).from_config(config, attn_implementation=attn_implementation)
+    phase; an encoder is always a masked LM), or seq2seq for encoder-decoder configs. The same seed gives the same
+    weights under DDP, ZeRO-2, ZeRO-3 and FSDP (`same_start_on_every_backend`)."""
+    auto_class = _auto_class(config, masked_decoder)
+    return same_start_on_every_backend(lambda: auto_class.from_config(config, attn_implementation=attn_implementation))
 
 
 def load_model(

@@ -1,12 +1,17 @@
-"""The launch setup: the global batch a paper quotes, and the DeepSpeed / Accelerate checks that must fail before
-training instead of silently changing it."""
+"""The launch setup: the global batch a paper quotes, the DeepSpeed / Accelerate checks that must fail before
+training instead of silently changing it, and the same initial weights for a seed on every backend."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import contextmanager
+
+import torch
+from transformers.integrations import deepspeed as hf_deepspeed
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +95,8 @@ def check_accelerate_config(path: str) -> dict:
 
     Errors: an unknown distributed_type, a process count that does not split evenly over its machines
     (num_processes is the TOTAL over all machines), several machines without a head address, MULTI_CPU with
-    several processes (it starts only one), and a DeepSpeed JSON that fails `check_deepspeed_config`.
+    several processes (it starts only one), FSDP with use_cpu (one process, no FSDP), and a DeepSpeed JSON that
+    fails `check_deepspeed_config`.
     """
     import yaml
 
@@ -112,6 +118,11 @@ def check_accelerate_config(path: str) -> dict:
             f"{path}: distributed_type MULTI_CPU starts a single process under `accelerate launch`; for "
             "data-parallel CPU processes use distributed_type: MULTI_GPU with use_cpu: true."
         )
+    if kind == "FSDP" and str(config.get("use_cpu", False)).lower() == "true":
+        raise ValueError(
+            f"{path}: distributed_type FSDP with use_cpu: true starts one process without FSDP (Accelerate runs "
+            "FSDP on GPUs only); remove use_cpu, or use configs/accelerate/cpu_2proc.yaml for CPU processes."
+        )
     if kind == "DEEPSPEED":
         ds_file = (config.get("deepspeed_config") or {}).get("deepspeed_config_file")
         if not ds_file:
@@ -120,3 +131,53 @@ def check_accelerate_config(path: str) -> dict:
             )
         check_deepspeed_config(ds_file)
     return config
+
+
+# ---- the same start on every backend ----------------------------------------------------------------------------
+
+
+@contextmanager
+def outside_zero3():
+    """Build a model whole: while a ZeRO-3 DeepSpeed config is registered, transformers builds every model
+    partitioned across the processes (zero.Init). transformers holds that config only as a module-level weak
+    reference (set by TrainingArguments or accelerate's DeepSpeed plugin): cleared inside, then put back."""
+    if not is_deepspeed_zero3_enabled():
+        yield
+        return
+    reference = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = reference
+
+
+def same_start_on_every_backend(build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    """`build()` (a fresh model from the global RNG), with the same initial weights under DDP, ZeRO-2, ZeRO-3 (with
+    or without zero3_init_flag) and FSDP for the same seed.
+
+    DDP, ZeRO-2 and FSDP build the model whole on every process from the seeded RNG (FSDP then shards rank 0's
+    copy), so they agree. Under ZeRO-3 transformers builds it partitioned (zero.Init: torch's own init skipped,
+    then each module initialised on rank 0 from wherever the RNG then stands), which draws other numbers: eval loss
+    6.588 vs 6.560 after equal steps. So under ZeRO-3 rank 0 also builds the model whole from the same RNG state,
+    as DDP would, and every partitioned parameter is gathered in turn and overwritten with it (rank 0's values are
+    broadcast when the gather ends). Cost: one whole copy of the model in rank 0's CPU memory while it is built,
+    one parameter at a time on the devices; the other ranks never hold the whole model.
+    """
+    if not is_deepspeed_zero3_enabled():
+        return build()
+    import deepspeed
+
+    first = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+    reference = None
+    if first:
+        with torch.random.fork_rng(devices=[]), outside_zero3():  # the RNG state a DDP run builds from, kept
+            reference = dict(build().named_parameters())
+    model = build()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            with deepspeed.zero.GatheredParameters([parameter], modifier_rank=0):
+                if first:
+                    parameter.copy_(reference.pop(name))
+    logger.info("ZeRO-3: the partitioned model starts from the weights a whole build gives with the same seed.")
+    return model
