@@ -50,7 +50,8 @@ def expected_plan(steps: int) -> dict[str, str]:
     counts = llama_610m_counts()
     tokens = steps * BATCH_TOKENS
     flops_6nd = 6 * counts["total"] * tokens
-    per_token = 6 * (counts["body"] + counts["embedding"]) + 12 * counts["layers"] * counts["hidden"] * BLOCK
+    matmul = counts["body"] - (2 * counts["layers"] + 1) * counts["hidden"] + counts["embedding"]  # no norms; head
+    per_token = 6 * matmul + 12 * counts["layers"] * counts["hidden"] * BLOCK
     flops = per_token * tokens
     return {
         "total": f"{counts['total']:,} total",

@@ -99,7 +99,8 @@ def test_meta_count_is_the_hand_count_and_allocates_no_weights(monkeypatch):
     assert (counts.total, counts.non_embedding, counts.embedding, counts.head) == (
         body + 2 * embedding, body, embedding, embedding
     )  # fmt: skip
-    assert counts.matmul == body + embedding and not counts.head_tied  # the head is a matmul, the lookup is not
+    # MFU counts matmul weights only (throughput.flop_counted_parameters): the norms are out, the head is in
+    assert counts.matmul == body - (2 * layers + 1) * hidden + embedding and not counts.head_tied
 
 
 def test_a_tied_head_is_counted_once_and_positions_are_embeddings():
@@ -109,9 +110,9 @@ def test_a_tied_head_is_counted_once_and_positions_are_embeddings():
     counts = count_parameters_on_meta(config)
     assert counts.head_tied and counts.head == 1000 * 64 and counts.embedding == (1000 + 512) * 64
     assert counts.non_embedding == counts.total - counts.embedding
-    # The trainer's MFU count (throughput.flop_counted_parameters): all but the token lookup, the tied head added
-    # back; the position table stays in it, as the trainer counts it.
-    assert counts.matmul == counts.total - 1000 * 64 + counts.head == counts.total
+    # The trainer's MFU count (throughput.flop_counted_parameters): the Linear/Conv1D weights (attention, MLP) and
+    # the tied head once; norms, biases and the position table are no matmul.
+    assert counts.matmul == 2 * (64 * 192 + 64 * 64 + 2 * 64 * 256) + 1000 * 64
 
 
 def _plan(**changes):
