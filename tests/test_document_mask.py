@@ -83,8 +83,15 @@ def test_isolate_documents_inputs():
         {**batch, "document_ids": DOCUMENTS, "position_ids": given}, causal=False, implementation="eager"
     )
     assert kept["position_ids"] is given and kept["attention_mask"].dtype == torch.float32
-    with pytest.raises(ValueError, match="flash_attention_2.*cu_seq_lens"):
-        isolate_documents({**batch, "document_ids": DOCUMENTS}, causal=True, implementation="flash_attention_2")
+    # flash: no mask at all, varlen kwargs over the 16 flattened tokens (row 1's padding is a segment of its own)
+    flash = isolate_documents({**batch, "document_ids": DOCUMENTS}, causal=True, implementation="flash_attention_2")
+    assert "attention_mask" not in flash and flash["cu_seq_lens_q"].tolist() == [0, 3, 4, 8, 10, 13, 16]
+    assert flash["max_length_q"] == flash["max_length_k"] == 4
+    with pytest.raises(ValueError, match="prefix_mask.*flash"):
+        prefixed = {**batch, "document_ids": DOCUMENTS, "prefix_mask": PADDING.bool()}
+        isolate_documents(prefixed, causal=True, implementation="flash_attention_2")
+    with pytest.raises(ValueError, match="sdpa"):
+        isolate_documents({**batch, "document_ids": DOCUMENTS}, causal=True, implementation="paged_attention")
 
 
 # ---- exactness on tiny models ------------------------------------------------------------------------------------

@@ -178,7 +178,7 @@ def test_every_recipe_config_trains(tmp_path, config):
             "needs an encoder or a decoder-only model; t5 is an encoder-decoder",
         ),
         (["--objective", "span_corruption"], "needs span_decoder_only: true"),
-        (["--objective", "prefix_lm", "--attn_implementation", "flash_attention_2"], "4D prefix mask"),
+        (["--objective", "prefix_lm", "--attn_implementation", "flash_attention_2"], "takes no 4D mask"),
         (["--max_steps", "10", "--warmup_steps", "6", "--decay_steps", "5"], "exceeds total_steps=10"),
     ],
 )

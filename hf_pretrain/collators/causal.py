@@ -71,7 +71,9 @@ class DataCollatorForCausalLM:
       tokens here. With `attn_implementation` ("sdpa": bool, "eager": additive float32), the finished
       (B, 1, T, T) causal document mask instead, whatever the cache or the model (B·T² entries per batch).
     * True (`PretrainingTrainer`, the recipe): `document_ids` (B, T) (0, 1, ... per row, -1 at padding) and the
-      (B, T) `attention_mask`, for the trainer to build the mask on the device at the step.
+      (B, T) `attention_mask`, for the trainer to build the mask on the device at the step; under flash attention
+      it passes `cu_seq_lens_q/k` over the B·T tokens instead (`training.document_mask.flash_document_kwargs`),
+      so flash isolates the documents of packed blocks of any batch size, with no mask.
 
     `return_tensors` is "pt" (torch tensors, the default) or "np" (numpy arrays), the container of every output
     (`__call__`, `collate`, `add_labels`); `__call__(features, return_tensors=...)` overrides it for one call.

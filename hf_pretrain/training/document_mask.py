@@ -17,8 +17,14 @@ by `supports_document_mask(..., prefix=True)`.
   path (forward, CPU): Llama, Qwen2 (also with a prefix), BERT and RoBERTa isolate; ModernBERT fails to compile
   there (an inductor C++ error, reported by the probe). torch 2.13 has no flex backward on CPU, so training with
   it is refused on CPU at resolve (`model_families.resolve_attention`); evaluation and GPU runs use it.
-- "flash_attention_2"/"_3" take no mask at all: they isolate through `cu_seq_lens` from padding-free batches
-  (position_ids restarting per document, no attention_mask), which this module does not build.
+- "flash_attention_2"/"_3" take no mask at all: the batch gets the varlen kwargs of transformers' flash path
+  instead (`flash_document_kwargs`): `cu_seq_lens_q/k` (S + 1,) int32 over the B·T flattened tokens, one segment
+  per run of equal `document_ids` in a row (each document, and a row's padding as a segment of its own, so no real
+  token ever sees a padded key, in either direction), `max_length_q/k` and position_ids restarting per segment;
+  `attention_mask` is dropped. transformers (`_flash_attention_forward`) then calls `flash_attn_varlen_func` with
+  them, causal or not as the attention module says. Position ids alone would not do: transformers infers packing
+  from them only for a single row (`_is_packed_sequence` wants batch size 1). A prefix (prefix LM, UL2) cannot be
+  expressed this way and is refused at resolve (`fast_paths`).
 
 transformers 5.24 (`masking_utils._preprocess_mask_arguments`) hands a user-given 4D tensor (or BlockMask) to the
 attention as is, for decoders (`create_causal_mask`: Llama, Qwen2, GPT-2, ...) and for encoders
@@ -51,6 +57,8 @@ from hf_pretrain.attention_masks import (
 __all__ = [
     "document_attention_mask",
     "document_position_ids",
+    "flash_document_kwargs",
+    "is_flash",
     "isolate_documents",
     "isolate_for_model",
     "position_offset",
@@ -60,6 +68,12 @@ __all__ = [
 DOCUMENT_IDS = "document_ids"
 PREFIX_MASK = "prefix_mask"
 _TOLERANCE = 1e-5  # a masked-out key contributes exactly 0 after softmax; float32 kernel reorderings stay far below
+# flash kernels compute in bf16 (eps 2^-7): a packed document and the same document alone run GEMMs of other shapes,
+# whose roundings differ by a few bf16 ulps of the logits (_HALF_GAP). A leak is measured between two runs of the same
+# shapes, where an untouched document's logits repeat bit for bit, so it keeps a tight bound (_HALF_LEAK): a kernel
+# that drops cu_seq_lens moved them by 0.065 on a tiny Llama (tests/test_fast_paths.py). Not yet measured on a GPU.
+_HALF_GAP = 5e-2
+_HALF_LEAK = 1e-3
 
 
 # Families whose position embeddings number tokens from padding_idx + 1 (create_position_ids_from_input_ids): a
@@ -88,6 +102,52 @@ def _sliding_window(config) -> int | None:
     return getattr(config, "sliding_window", None)
 
 
+def is_flash(implementation: str | None) -> bool:
+    """Whether `implementation` is a flash-attention kernel (flash_attention_2/_3, a hub kernel of flash-attn)."""
+    return implementation is not None and "flash" in implementation
+
+
+def flash_document_kwargs(document_ids: torch.Tensor) -> dict:
+    """The varlen kwargs that keep the documents of (B, T) `document_ids` apart under flash attention.
+
+    Segments are the runs of equal ids within each row (a new segment at every row start and id change), numbered
+    over the flattened B·T tokens as transformers' flash path flattens q/k/v (`reshape(-1, heads, dim)`):
+
+    >>> kwargs = flash_document_kwargs(torch.tensor([[0, 0, 0, 1, 1, -1], [0, 0, 0, 0, 0, 0]]))
+    >>> kwargs["cu_seq_lens_q"].tolist(), kwargs["max_length_q"], kwargs["position_ids"].tolist()
+    ([0, 3, 5, 6, 12], 6, [[0, 1, 2, 0, 1, 0], [0, 1, 2, 3, 4, 5]])
+    """
+    starts = torch.ones_like(document_ids, dtype=torch.bool)  # (B, T): the first token of each segment
+    starts[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
+    flat_starts = starts.reshape(-1).nonzero().reshape(-1)  # (S,) flat index of each segment start
+    total = torch.tensor([document_ids.numel()], device=document_ids.device)
+    cu_seq_lens = torch.cat([flat_starts, total]).to(torch.int32)  # (S + 1,)
+    # One host sync per step: flash_attn wants the longest segment as a Python int (as DataCollatorWithFlattening
+    # gives it), and it bounds the kernel's work.
+    max_length = int(cu_seq_lens.diff().max())
+    return {
+        "position_ids": document_position_ids(document_ids),
+        "cu_seq_lens_q": cu_seq_lens,
+        "cu_seq_lens_k": cu_seq_lens,
+        "max_length_q": max_length,
+        "max_length_k": max_length,
+    }
+
+
+def _isolate_for_flash(out: dict, document_ids: torch.Tensor, prefix_mask, offset: int) -> dict:
+    if prefix_mask is not None:
+        raise ValueError(
+            "A prefix-LM batch (prefix_mask) cannot be isolated under flash attention: cu_seq_lens express whole "
+            "documents only; use attn_implementation: sdpa (or flex_attention on GPU)."
+        )
+    kwargs = flash_document_kwargs(document_ids)
+    computed = kwargs.pop("position_ids")
+    positions = computed if out.get("position_ids") is None else out["position_ids"]  # the collator's, if given
+    out.pop("attention_mask", None)  # padding is a segment of its own; flash would otherwise unpad by the mask
+    out.update(kwargs, position_ids=positions + offset if offset else positions)
+    return out
+
+
 def isolate_documents(
     inputs: Mapping,
     *,
@@ -107,12 +167,15 @@ def isolate_documents(
     mapping {"full_attention": mask, "sliding_attention": windowed mask}, which those models (Qwen2, ModernBERT,
     Gemma, ...) take instead of one 4D mask that would drop the window.
 
-    Raises a ValueError when `implementation` cannot take a 4D mask (flash attention: use padding-free batches),
-    or when the batch already holds a 4D mask (a prefix-LM mask: combining the two is not done here).
+    Flash attention (`is_flash(implementation)`) gets no mask: `attention_mask` is dropped and the varlen kwargs
+    of `flash_document_kwargs` (cu_seq_lens_q/k, max_length_q/k) are added; the direction is the model's own.
+
+    Raises a ValueError when `implementation` cannot take a 4D mask nor varlen kwargs, when a flash batch has a
+    prefix_mask, or when the batch already holds a 4D mask (a prefix-LM mask: combining the two is not done here).
     """
     if DOCUMENT_IDS not in inputs:
         return inputs
-    if implementation not in MASK_FORMATS:
+    if implementation not in MASK_FORMATS and not is_flash(implementation):
         raise unsupported_implementation(implementation)
     out = dict(inputs)
     document_ids = out.pop(DOCUMENT_IDS)
@@ -120,6 +183,8 @@ def isolate_documents(
     padding = out.get("attention_mask")
     if padding is not None and (isinstance(padding, Mapping) or padding.dim() != 2):
         raise ValueError("The batch carries document_ids and a 4D attention_mask already; give one or the other.")
+    if is_flash(implementation):
+        return _isolate_for_flash(out, document_ids, prefix_mask, position_offset(config))
     if out.get("position_ids") is None:
         out["position_ids"] = document_position_ids(document_ids)
     if offset := position_offset(config):  # the collators emit 0-based positions; RoBERTa's own start at pad + 1
@@ -174,12 +239,15 @@ def _is_causal(model) -> bool:
 
 
 @torch.no_grad()
-def _outputs(model, ids, attention_mask, position_ids) -> torch.Tensor:
+def _outputs(model, ids, inputs: Mapping) -> torch.Tensor:
+    """The model's logits (or hidden states) for `ids` with the other model inputs `inputs` (mask, positions,
+    flash varlen kwargs), run in bf16 autocast when the model's attention is flash (flash_attn has no float32)."""
     device = next(model.parameters()).device
-    kwargs = {"input_ids": ids.to(device), "attention_mask": _to(attention_mask, device)}
-    if position_ids is not None:
-        kwargs["position_ids"] = position_ids.to(device)
-    out = model(**kwargs)
+    kwargs = {key: _to(value, device) for key, value in inputs.items() if value is not None}
+    flash = is_flash(getattr(_text_config(model), "_attn_implementation", None))
+    half = flash and next(model.parameters()).dtype == torch.float32
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=half):
+        out = model(input_ids=ids.to(device), **kwargs)
     logits = getattr(out, "logits", None)
     return (logits if logits is not None else out.last_hidden_state).float()  # (1, T, V) or (1, T, H)
 
@@ -187,12 +255,15 @@ def _outputs(model, ids, attention_mask, position_ids) -> torch.Tensor:
 def _to(mask, device):
     if isinstance(mask, Mapping):
         return {key: value.to(device) for key, value in mask.items()}
-    return mask.to(device)
+    return mask.to(device) if torch.is_tensor(mask) else mask  # max_length_q/k are ints
 
 
-def _alone_mask(ids: torch.Tensor, implementation: str, prefix: bool) -> torch.Tensor:
-    """The mask of one document run alone: padding-free (B, T) ones, or with `prefix` the prefix-LM staircase the
-    collators build in the worker (`prefix_lm_attention_mask`), an independent construction of the same rule."""
+def _alone_mask(ids: torch.Tensor, implementation: str, prefix: bool) -> torch.Tensor | None:
+    """The mask of one document run alone: padding-free (B, T) ones (none at all for flash), or with `prefix` the
+    prefix-LM staircase the collators build in the worker (`prefix_lm_attention_mask`), an independent construction
+    of the same rule."""
+    if is_flash(implementation):
+        return None
     if not prefix:
         return torch.ones_like(ids)
     from hf_pretrain.collators.prefix_lm import prefix_lm_attention_mask
@@ -221,6 +292,10 @@ def supports_document_mask(model, causal: bool | None = None, prefix: bool = Fal
     """
     config = _text_config(model)
     implementation = getattr(config, "_attn_implementation", None) or "eager"
+    if is_flash(implementation) and next(model.parameters()).device.type == "cpu" and torch.cuda.is_available():
+        import copy  # the resolve step's probe model is built on the CPU, where flash kernels do not run
+
+        return supports_document_mask(copy.deepcopy(model).to("cuda"), causal=causal, prefix=prefix)
     causal = True if prefix else _is_causal(model) if causal is None else causal  # a prefix is causal + prefix_mask
     was_training = model.training
     model.eval()
@@ -240,7 +315,7 @@ def supports_document_mask(model, causal: bool | None = None, prefix: bool = Fal
             return str(error)
 
         def run(tokens):
-            return _outputs(model, tokens, inputs["attention_mask"], inputs["position_ids"])
+            return _outputs(model, tokens, {key: value for key, value in inputs.items() if key != "input_ids"})
 
         def changed(position):
             other = ids.clone()
@@ -252,6 +327,8 @@ def supports_document_mask(model, causal: bool | None = None, prefix: bool = Fal
         except Exception as error:  # a kernel or model that rejects the mask
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
             return f"{type(model).__name__} ({implementation}) rejects the mask: {type(error).__name__}: {first_line}"
+        half = is_flash(implementation) or dtype != torch.float32
+        leak_tolerance, gap_tolerance = (_HALF_LEAK, _HALF_GAP) if half else (_TOLERANCE, _TOLERANCE)
         if not torch.isfinite(base[0, :6]).all():
             return f"{type(model).__name__} ({implementation}): non-finite logits with the document mask."
         leaks = {
@@ -260,17 +337,17 @@ def supports_document_mask(model, causal: bool | None = None, prefix: bool = Fal
             "pad->docs": (changed(7) - base)[0, :6].abs().max(),
         }
         for name, leak in leaks.items():
-            if leak > _TOLERANCE:
+            if leak > leak_tolerance:
                 return f"{type(model).__name__} ({implementation}) leaks across documents ({name}: {float(leak):.3g})."
         for part in (_D0, _D1):
             alone_ids = ids[:, part]
             # the model's own positions: a model that numbers them otherwise (RoBERTa: from padding_idx + 1) shows here
             try:
-                alone = _outputs(model, alone_ids, _alone_mask(alone_ids, implementation, prefix), None)
+                alone = _outputs(model, alone_ids, {"attention_mask": _alone_mask(alone_ids, implementation, prefix)})
             except Exception as error:  # a kernel that compiles for one shape and not another
                 return f"{type(model).__name__} ({implementation}) fails on a lone document: {type(error).__name__}"
             gap = float((alone - base[:, part]).abs().max())
-            if gap > _TOLERANCE:
+            if gap > gap_tolerance:
                 return (
                     f"{type(model).__name__} ({implementation}): a packed document's logits differ from the document "
                     f"run alone by {gap:.3g} (positions or within-document attention not kept)."
