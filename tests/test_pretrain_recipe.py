@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 from _runs import REPO, pretrain, train_logs
+from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_pretrain.data.build import held_out_blocks
@@ -115,7 +116,9 @@ def shutil_rmtree_except(directory, keep):
 
 def test_existing_checkpoints_are_never_overwritten_silently(tmp_path):
     out = tmp_path / "run"
-    (out / "checkpoint-5").mkdir(parents=True)
+    (out / "checkpoint-5").mkdir(parents=True)  # a complete one: weights that load and a trainer state
+    save_file({"w": torch.zeros(1)}, str(out / "checkpoint-5" / "model.safetensors"))
+    (out / "checkpoint-5" / "trainer_state.json").write_text('{"global_step": 5}')
     with pytest.raises(ValueError, match="already holds checkpoints"):
         pretrain.main([*TINY, "--output_dir", str(out), "--max_steps", "5"])
 

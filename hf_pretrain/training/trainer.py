@@ -5,7 +5,9 @@ What it adds, each in one override that calls `super()`:
   bidirectional) and the metrics follow it, so a CLM→MLM switch lands on an exact step, also after a resume;
 - the Warmup-Stable-Decay schedule (or a cooldown branch) whose phase boundaries, like the objective plan, are
   stored in every checkpoint and win over the arguments on resume;
-- per-objective metrics (perplexity for causal LM, accuracy for masked LM), tokens/s per logging interval and MFU.
+- per-objective metrics (perplexity for causal LM, accuracy for masked LM), tokens/s per logging interval and MFU;
+- atomic checkpoints: `checkpoint-N` appears only once every rank's files are written and synced, and a run starts
+  by setting half-written ones aside (hf_pretrain.training.checkpoints).
 Tokens seen (non-padding) are counted by the Trainer itself (`include_num_input_tokens_seen`).
 """
 
@@ -26,12 +28,14 @@ from hf_pretrain.resolve import run_plan
 from hf_pretrain.schedules import ScheduleStateCallback, WSDSchedule
 from hf_pretrain.training.attention import mask_collator, probe_attention, set_direction
 from hf_pretrain.training.callbacks.objective_switch import ObjectiveSwitchCallback
+from hf_pretrain.training.checkpoints import atomic_save, set_aside_incomplete
 from hf_pretrain.training.document_mask import isolate_for_model, supports_document_mask
 from hf_pretrain.training.throughput import (
     ThroughputMeter,
-    flop_counted_parameters,
-    flops_per_token,
+    attention_context,
+    model_flops_per_token,
     peak_flops_per_device,
+    training_precision,
 )
 
 logger = logging.getLogger(__name__)
@@ -130,7 +134,21 @@ class PretrainingTrainer(Trainer):
             self._resume_from = resume_from_checkpoint  # its stored phases and schedule win over the arguments
         if self._owns_scheduler:  # a second train() builds a fresh scheduler for its fresh optimizer
             self.lr_scheduler, self._owns_scheduler = None, False
+        if self.args.should_save:  # a killed run's half-written checkpoints go to incomplete_checkpoints/
+            set_aside_incomplete(self.args.output_dir, keep=self._resume_from)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    # ---- atomic checkpoints ----------------------------------------------------------------------------------------
+
+    _checkpoint_run_dir: str | None = None  # the staging folder while atomic_save runs
+
+    def _get_output_dir(self, trial) -> str:
+        return self._checkpoint_run_dir or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        # Written into output_dir/.saving-checkpoint-N/, renamed to checkpoint-N once every rank's files are synced.
+        with atomic_save(self, super()._get_output_dir(trial)):
+            super()._save_checkpoint(model, trial)
 
     def _check_resolved_length(self, num_training_steps: int) -> None:
         """A probe of the resolve step: the Trainer's own step count is the one the schedule was resolved for (a
@@ -262,12 +280,19 @@ class PretrainingTrainer(Trainer):
         return correct / total if total else None
 
     def _throughput_metrics(self) -> dict[str, float]:
-        if self._throughput is None:
-            model = self.accelerator.unwrap_model(self.model)
-            peak = self.args.peak_flops_per_device or peak_flops_per_device()
+        model = self.accelerator.unwrap_model(self.model)
+        if self._throughput is None:  # fp32 and unknown GPUs: no peak, no MFU (throughput.peak_flops_per_device)
+            peak = self.args.peak_flops_per_device or peak_flops_per_device(precision=training_precision(self.args))
             length = self.sequence_length or getattr(model.config, "max_position_embeddings", 512)
-            per_token = flops_per_token(model.config, flop_counted_parameters(model), length)
-            self._throughput = ThroughputMeter(per_token, peak * self.args.world_size if peak else None)
+            # Isolated documents (the collator wrapper passes document_lengths on) attend over their document only.
+            isolated = self.train_dataset if getattr(self.data_collator, "documents", False) else None
+            context = attention_context(length, isolated)
+            self._throughput = ThroughputMeter(None, peak * self.args.world_size if peak else None, context)
+        # The phase decides the head's FLOPs: a sparse masked-LM head runs on the masked positions only.
+        masked = None
+        if self.current_objective().metric == "mlm_accuracy":
+            masked = getattr(self.data_collator, "mlm_probability", None) or self.args.mlm_probability
+        self._throughput.flops_per_token = model_flops_per_token(model, self._throughput.context, masked)
         return self._throughput.update(self.state.num_input_tokens_seen)  # {} at the first log: it starts there
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
