@@ -17,12 +17,45 @@ from hf_pretrain.data.curriculum import check_curriculum
 from hf_pretrain.data.mixing import normalize_weights
 from hf_pretrain.data.quality import NORMALIZATIONS
 from hf_pretrain.data.sources import TEXT_SAMPLING, parse_sources
-from hf_pretrain.hub.publisher import DEFAULT_REVISION_TEMPLATE, check_revision_template
+from hf_pretrain.hub.publisher import DEFAULT_REVISION_TEMPLATE, RetryPolicy, check_revision_template
 from hf_pretrain.models import MODEL_PRESETS
-from hf_pretrain.objectives import RUN_OBJECTIVES
+from hf_pretrain.objectives import RUN_OBJECTIVES, get_objective
+from hf_pretrain.training.distributed import check_deepspeed_config
 
 DECAY_TYPES = ("linear", "cosine", "1-sqrt")
 DOCUMENT_ATTENTION = ("isolated", "shared")
+ALLOW_DEGENERATE = "allow_degenerate"  # the field that lets legal-but-useless values through, named in the errors
+
+
+def check_counts(args) -> None:
+    """Sizes transformers accepts and then fails on after the tokenizer was trained (ZeroDivisionError, an empty
+    DataLoader) or silently reads as something else (a negative max_steps: train by epochs)."""
+    for name in ("gradient_accumulation_steps", "per_device_train_batch_size", "per_device_eval_batch_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"{name} must be at least 1, got {getattr(args, name)}.")
+    if args.max_steps == 0 or args.max_steps < -1:
+        what = "trains nothing" if args.max_steps == 0 else "is negative"
+        raise ValueError(
+            f"max_steps={args.max_steps} {what}: give the number of optimizer steps, or leave it unset (-1) to "
+            "train for num_train_epochs."
+        )
+    if args.learning_rate < 0:
+        raise ValueError(f"learning_rate must be positive, got {args.learning_rate}.")
+
+
+def check_not_degenerate(args) -> None:
+    """Values that are legal but train nothing: refused unless `allow_degenerate: true` says they are meant."""
+    if getattr(args, ALLOW_DEGENERATE):
+        return
+    hint = f"set {ALLOW_DEGENERATE}: true if that is what you want."
+    if args.learning_rate == 0:
+        raise ValueError(f"learning_rate=0 never changes the weights: give a positive learning_rate, or {hint}")
+    phases = get_objective(args.objective).phases
+    if args.mlm_probability == 0 and any(phase.metric == "mlm_accuracy" for phase in phases):
+        raise ValueError(
+            f"mlm_probability=0 with objective {args.objective!r} masks no token, so its masked-LM steps train on "
+            f"nothing: give a positive mlm_probability (e.g. 0.15), or {hint}"
+        )
 
 
 def check_padding_free(data_args) -> None:
@@ -342,16 +375,23 @@ class PretrainingArguments(TrainingArguments):
         default="other", metadata={"help": "License id in the model card's metadata: apache-2.0, mit, other, ..."}
     )
     hub_push_attempts: int = field(
-        default=8,
+        default=5,
         metadata={"help": "Attempts per push (network errors, 429 and 5xx are retried) before it is reported failed."},
     )
     hub_retry_delay: float = field(
         default=5.0, metadata={"help": "Seconds before retrying a failed push; doubles each time up to the max."}
     )
-    hub_retry_max_delay: float = field(default=300.0, metadata={"help": "Longest wait between two push attempts."})
+    hub_retry_max_delay: float = field(default=60.0, metadata={"help": "Longest wait between two push attempts."})
+    hub_request_timeout: float = field(
+        default=60.0,
+        metadata={"help": "Seconds a Hub request may go without progress (connect, read, write) before it is retried"},
+    )
     hub_wait_timeout: float = field(
-        default=3600.0,
-        metadata={"help": "After training, wait at most this many seconds for pending pushes, then report them."},
+        default=600.0,
+        metadata={
+            "help": "After training, wait at most this many seconds in all for pending pushes, then report them "
+            "(hub_status.json; exit status 3 if any is not on the Hub). Must hold the retries' waits of one push."
+        },
     )
     output_dir: str | None = field(default="outputs/run", metadata={"help": "Where checkpoints and the model go."})
     # Typed `str` (the parent says `str | bool`, which the argument parser reads as bool and then rejects this default).
@@ -368,6 +408,13 @@ class PretrainingArguments(TrainingArguments):
     ddp_find_unused_parameters: bool | None = field(
         default=False,
         metadata={"help": "DDP: search for unused parameters every step (off: every parameter gets a gradient)."},
+    )
+    allow_degenerate: bool = field(
+        default=False,
+        metadata={
+            "help": "Accept values that are legal but train nothing, refused otherwise: learning_rate 0, "
+            "mlm_probability 0 with a masked-LM objective, a batch whose masking selects no token."
+        },
     )
 
     def __post_init__(self):
@@ -417,6 +464,26 @@ class PretrainingArguments(TrainingArguments):
             )
         if self.hub_wait_timeout < 0:
             raise ValueError(f"hub_wait_timeout must be non-negative, got {self.hub_wait_timeout}.")
+        if self.hub_request_timeout <= 0:
+            raise ValueError(f"hub_request_timeout must be positive (seconds), got {self.hub_request_timeout}.")
+        retry_waits = RetryPolicy(self.hub_push_attempts, self.hub_retry_delay, self.hub_retry_max_delay).total_delay()
+        if retry_waits > self.hub_wait_timeout:
+            raise ValueError(
+                f"hub_push_attempts={self.hub_push_attempts}, hub_retry_delay={self.hub_retry_delay} and "
+                f"hub_retry_max_delay={self.hub_retry_max_delay} wait {retry_waits:g}s between a push's attempts, "
+                f"more than hub_wait_timeout={self.hub_wait_timeout:g}: lower them or raise hub_wait_timeout."
+            )
+        check_counts(self)
+        check_not_degenerate(self)
+        # transformers reads the JSON in super().__post_init__, and its error names neither the field nor the file
+        if isinstance(self.deepspeed, str):
+            try:
+                check_deepspeed_config(self.deepspeed)
+            except ValueError as error:
+                message = str(error)
+                raise ValueError(
+                    message if "deepspeed:" in message else f"deepspeed={self.deepspeed!r}: {message}"
+                ) from None
         if not _has_accelerator():
             self.dataloader_pin_memory = False  # pinning needs an accelerator; on CPU it only warns every epoch
             if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a backend makes Accelerate assume a process group

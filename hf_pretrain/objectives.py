@@ -145,6 +145,7 @@ def _masked_kwargs(args) -> dict:
         "random_replace_prob": args.random_replace_prob,
         "whole_word_mask": args.whole_word_mask,
         "seed": args.seed,
+        "allow_empty_masking": getattr(args, "allow_degenerate", True),  # refused in a run unless allowed
     }
 
 

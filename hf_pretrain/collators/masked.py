@@ -37,6 +37,7 @@ from ._features import (
 from ._keyed import sample_keys
 from ._mlm_draw import draw_masks, offset_word_ids, probability_value, row_rates, word_index
 from ._padding import check_pad_to_multiple_of
+from ._rows import IGNORE_INDEX
 from ._shared import epoch_value, shared_scalar
 from ._words import word_start_table
 
@@ -170,6 +171,7 @@ class DataCollatorForMaskedLM:
     return_tensors: str = "pt"
     attention_on_device: bool = False
     attn_implementation: str = "eager"  # the additive form: right under eager and sdpa alike
+    allow_empty_masking: bool = True  # False (a run's collator): a batch whose masking selects no token is an error
 
     def __post_init__(self):
         check_return_tensors(self.return_tensors)
@@ -226,7 +228,13 @@ class DataCollatorForMaskedLM:
     def __call__(self, features: Sequence, return_tensors: str | None = None) -> dict:
         if return_tensors is not None:
             check_return_tensors(return_tensors)
-        return to_return_tensors(self._mask_tokens(self._collate(features)), return_tensors or self.return_tensors)
+        batch = self._mask_tokens(self._collate(features))
+        if not self.allow_empty_masking and not bool((batch["labels"] != IGNORE_INDEX).any()):
+            raise ValueError(
+                f"The masking selected no token of a whole batch (mlm_probability={self.mlm_probability}): the step "
+                "would train on nothing. Raise mlm_probability, or set allow_degenerate: true to accept such batches."
+            )
+        return to_return_tensors(batch, return_tensors or self.return_tensors)
 
     # ----------------------------------------------------------------------------------------------------------
     # Neutral step: features → tensors.

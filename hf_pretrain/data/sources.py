@@ -55,7 +55,8 @@ def default_corpus() -> Dataset:
     return Dataset.from_dict({"text": [topics[name] for name in sorted(topics)]})
 
 
-def _builder_for(paths: list[str], field_name: str) -> str:
+def file_format(paths: list[str], field_name: str) -> str:
+    """The datasets builder of local files of one format ("text", "json", "parquet"); errors name the field."""
     extensions = {os.path.splitext(path)[1].lower() for path in paths}
     unknown = extensions - set(_BUILDERS)
     if unknown:
@@ -70,7 +71,7 @@ def read_files(
     paths: list[str], text_sample_by: str = "paragraph", streaming: bool = False, field_name: str = "data_files"
 ) -> Dataset | IterableDataset:
     """Local .txt / .jsonl / .json / .parquet files of one format, as documents (undecodable bytes marked)."""
-    builder = _builder_for(paths, field_name)
+    builder = file_format(paths, field_name)
     kwargs = {"sample_by": text_sample_by, **_DECODING} if builder == "text" else {}
     if builder == "json":
         kwargs = dict(_DECODING)
@@ -203,7 +204,7 @@ class SourceSpec:
             if not os.path.isfile(path):
                 raise ValueError(f"Source {self.name!r}: data_files has no such file {path!r}.")
         if self.data_files:
-            _builder_for(self.data_files, f"source {self.name!r} data_files")
+            file_format(self.data_files, f"source {self.name!r} data_files")
         if self.text_sample_by not in TEXT_SAMPLING:
             raise ValueError(f"Source {self.name!r}: text_sample_by must be one of {TEXT_SAMPLING}.")
         if self.default_corpus and self.text_column != "text":
