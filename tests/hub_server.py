@@ -12,7 +12,8 @@ There is no self-hostable Hub to install here, so this implements the part of th
 
 It is bounded (request bodies and stored bytes are capped), binds 127.0.0.1 only, and stops itself after
 `idle_timeout` seconds without a request. `fail(...)` makes the next requests fail (a status code such as 500 or
-429, or a dropped connection) to test how a client copes with an outage.
+429, a dropped connection, or a connection that is accepted and never answered) to test how a client copes with an
+outage.
 
     with HubServer(tokens={"hf_test"}) as hub:   # hub.endpoint == "http://127.0.0.1:PORT"
         ...
@@ -76,6 +77,7 @@ class Failure:
     disconnect: bool = False
     retry_after: int | None = None
     match: str = ""  # only requests whose "METHOD /path" contains this
+    hang: bool = False  # read the request, then answer nothing until the server closes
 
 
 class HubError(Exception):
@@ -132,10 +134,13 @@ class HubServer:
 
     # ---- test helpers ------------------------------------------------------------------------------------------
 
-    def fail(self, times: int, status: int = 503, disconnect=False, retry_after: int | None = None, match=""):
-        """The next `times` requests (containing `match` in "METHOD /path") fail with `status` or a dropped connection."""
+    def fail(
+        self, times: int, status: int = 503, disconnect=False, retry_after: int | None = None, match="", hang=False
+    ):
+        """The next `times` requests (containing `match` in "METHOD /path") fail with `status`, a dropped connection
+        or (`hang`) no answer at all: recorded with status -1 when the request has been read, then held open."""
         with self._lock:
-            self._failures.append(Failure(times, status, disconnect, retry_after, match))
+            self._failures.append(Failure(times, status, disconnect, retry_after, match, hang))
 
     def recover(self) -> None:
         """Drop the failures still pending: the Hub is back."""
@@ -251,6 +256,11 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             self.body = self._body() if method in ("POST", "PUT") else b""
             failure = hub._next_failure(method, url.path)
+            if failure is not None and failure.hang:
+                hub._record(method, url.path, -1)
+                hub._closed.wait()  # until the server closes: the client gives up first, or waits forever
+                self.close_connection = True
+                return
             if failure is not None and failure.disconnect:
                 self.close_connection = True  # no response at all: the client sees a dropped connection
                 hub._record(method, url.path, 0)

@@ -4,6 +4,7 @@ The client is configured, not mocked: its endpoint, offline switch, Xet switch a
 loopback server (`huggingface_hub.constants`, read at call time), and the token comes from `HF_TOKEN`.
 """
 
+import json
 import logging
 import os
 import shutil
@@ -32,7 +33,7 @@ from hf_pretrain.objectives import ObjectivePlan
 from hf_pretrain.schedules import WSDSchedule
 
 ENV_TOKEN = "hf_envTOKENforLoopbackTests0123"
-CLI_TOKEN = "hf_cliTOKENforLoopbackTests4567"
+YAML_TOKEN = "hf_yamlTOKENforLoopbackTests456"
 FAST_RETRY = ["--hub_retry_delay", "0.05", "--hub_retry_max_delay", "0.2", "--hub_push_attempts", "10"]
 RUN = [
     "--model_preset", "llama-tiny", "--tokenizer_vocab_size", "1024", "--block_size", "32",
@@ -50,7 +51,7 @@ CHECKPOINT_FILES = {".gitattributes", "README.md", "config.json", "model.safeten
 def hub(tmp_path_factory):
     """The loopback Hub, with the real client pointed at it (and back when the module is done)."""
     home = tmp_path_factory.mktemp("hf_home")
-    with HubServer(tokens={ENV_TOKEN, CLI_TOKEN}) as server, pytest.MonkeyPatch.context() as patch:
+    with HubServer(tokens={ENV_TOKEN, YAML_TOKEN}) as server, pytest.MonkeyPatch.context() as patch:
         patch.setattr(constants, "ENDPOINT", server.endpoint)
         patch.setattr(
             constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
@@ -122,7 +123,11 @@ def test_run_publishes_final_model_and_checkpoint_branches_that_load_back(hub, p
     assert main["revisions.txt"].decode().splitlines()[1:] == [
         f"tester/tiny\t{r.branch}\t{r.step}\t{r.tokens}\t{r.commit}" for r in records
     ]
-    assert not os.path.exists(os.path.join(published, ".hub_staging", "checkpoint-2"))  # staged copies removed
+    assert not os.path.exists(os.path.join(published, ".hub_staging"))  # staged copies removed, and their folder
+    with open(os.path.join(published, "hub_status.json")) as handle:
+        status = json.load(handle)
+    assert status["complete"] and status["exit_code"] == 0 and not status["failed"] and not status["pending"]
+    assert status["pushed"] == ["step2-tokens512", "step4-tokens1.02K", "main"]
     assert os.path.isfile(os.path.join(published, "checkpoint-2", "optimizer.pt"))  # local checkpoints kept whole
 
 
@@ -154,14 +159,17 @@ def test_the_model_card_describes_the_run(hub, published):
 
 def test_a_hub_outage_leaves_training_unharmed_and_the_pushes_complete(hub, published, tmp_path, caplog, capfd):
     """The Hub fails 503, 429, drops connections and one commit: training is the same run, everything arrives, and
-    no token appears in any file, log or upload (the CLI token is used, and pulled out of the saved arguments)."""
+    no token appears in any file, log or upload (the YAML file's token is used, and pulled out of the saved
+    arguments; the command line refuses one: tests/test_hub_faults.py)."""
     caplog.set_level(logging.INFO)
     hub.fail(2, status=503, match="/api/repos/create")  # (matched: the client's own requests elsewhere don't count)
     hub.fail(2, status=429, retry_after=1, match="/api/repos/create")
     hub.fail(2, disconnect=True, match="/api/repos/create")
     hub.fail(1, status=500, match="/api/models/tester/outage/commit/step2")  # after its branch was created
     out = str(tmp_path / "run")
-    pretrain.main([*RUN, "--output_dir", out, "--hub_model_id", "tester/outage", "--hub_token", CLI_TOKEN])
+    config = tmp_path / "with_token.yaml"
+    config.write_text(f"hub_token: {YAML_TOKEN}\n")
+    pretrain.main([str(config), *RUN, "--output_dir", out, "--hub_model_id", "tester/outage"])
 
     assert losses(out) == pytest.approx(losses(published), rel=1e-6)  # training did not notice
     assert os.path.isfile(os.path.join(out, "checkpoint-2", "optimizer.pt"))
@@ -172,11 +180,11 @@ def test_a_hub_outage_leaves_training_unharmed_and_the_pushes_complete(hub, publ
     assert len(retries) == 7 and any("503" in m for m in retries) and any("429" in m for m in retries)
     assert "3 pushed, 0 skipped (already on the Hub), 0 failed, 0 pending" in caplog.text
 
-    assert hub.tokens_used >= {CLI_TOKEN}  # --hub_token reached the client...
+    assert hub.tokens_used >= {YAML_TOKEN}  # the YAML file's hub_token reached the client...
     with open(os.path.join(out, "resolved_config.yaml")) as handle:
         assert "hub_token: <HUB_TOKEN>" in handle.read()  # the placeholder, as transformers writes it
     captured = capfd.readouterr()
-    for token in (CLI_TOKEN, ENV_TOKEN):  # ...and nothing else
+    for token in (YAML_TOKEN, ENV_TOKEN):  # ...and nothing else
         for path in every_file(out):
             with open(path, "rb") as handle:
                 assert token.encode() not in handle.read(), path

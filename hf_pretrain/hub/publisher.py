@@ -6,8 +6,13 @@ with exponential backoff, a permanent one (bad token, no permission) is not, and
 is reported as failed. Nothing here raises into the caller: training goes on, local files are never touched, and
 `wait` / `summary` tell at the end what was pushed, skipped, failed or is still pending.
 
-The token comes from `HF_TOKEN` or the Hugging Face login (or `--hub_token`, which is moved out of the arguments
-by `take_over_hub_push`): it is held by the `HfApi` client only, never logged, saved or written to a card.
+Every request ends: `huggingface_hub` sends them without a timeout (one that hangs would hold every later push),
+so the publisher gives the process's Hub client a stall timeout (`request_timeout`: seconds without progress on a
+connect, read or write) wherever a call sets none.
+
+The token comes from `HF_TOKEN`, the Hugging Face login or `hub_token` in a YAML config (moved out of the arguments
+by `take_over_hub_push`): it is held by the `HfApi` client only, never logged, saved or written to a card. It is
+refused on the command line (`command_line_token_error`): a launcher prints a failed child's whole command.
 
 Branch names of checkpoints come from a template, e.g. `step{step}-tokens{tokens_h}` → `step1000-tokens2.1B`.
 """
@@ -21,9 +26,13 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from queue import Queue
+from typing import TYPE_CHECKING
 
-from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_session
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+if TYPE_CHECKING:
+    import httpx2  # huggingface_hub's HTTP client
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +41,8 @@ REVISION_FIELDS = ("step", "tokens", "tokens_h")
 _BRANCH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _RETRIED_STATUS = (408, 409, 423, 425, 429)  # plus every 5xx: timeouts, conflicts, locks, rate limits
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin")
+DEFAULT_REQUEST_TIMEOUT = 60.0
+TOKEN_FLAG = "--hub_token"
 
 
 def human_count(n: int) -> str:
@@ -81,13 +92,14 @@ def check_revision_template(template: str, field_name: str = "hub_revision_templ
 class RetryPolicy:
     """`attempts` tries per push; the wait after attempt k is `initial_delay` · 2^(k-1), at most `max_delay`.
 
-    >>> [RetryPolicy(attempts=5, initial_delay=5, max_delay=30).delay(k) for k in (1, 2, 3, 4)]
-    [5.0, 10.0, 20.0, 30.0]
+    >>> policy = RetryPolicy(attempts=5, initial_delay=5, max_delay=30)
+    >>> [policy.delay(k) for k in (1, 2, 3, 4)], policy.total_delay()
+    ([5.0, 10.0, 20.0, 30.0], 65.0)
     """
 
-    attempts: int = 8
+    attempts: int = 5
     initial_delay: float = 5.0
-    max_delay: float = 300.0
+    max_delay: float = 60.0
 
     def __post_init__(self):
         if self.attempts < 1:
@@ -99,6 +111,11 @@ class RetryPolicy:
         """Seconds to wait after failed attempt `attempt` (1-based); a server's Retry-After is honoured if longer."""
         delay = min(self.max_delay, self.initial_delay * 2 ** (attempt - 1))
         return float(min(self.max_delay, max(delay, retry_after or 0.0)))
+
+    def total_delay(self) -> float:
+        """Seconds one push waits between its attempts when every attempt fails (requests not counted; a server's
+        longer Retry-After can stretch each wait up to `max_delay`)."""
+        return sum(self.delay(attempt) for attempt in range(1, self.attempts))
 
 
 def is_transient(error: BaseException) -> bool:
@@ -127,6 +144,46 @@ def describe_error(error: BaseException) -> str:
     """One line: the type and the first line of the message (HTTP errors name the status and the URL, no headers)."""
     lines = str(error).strip().splitlines()
     return f"{type(error).__name__}: {lines[0] if lines else ''}"
+
+
+class _StallTimeout:
+    """A request hook of the Hub client: a request that sets no timeout (or None, as `huggingface_hub` does) gets
+    `seconds` per connect, read, write and pool wait; one that sets its own keeps it."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def __call__(self, request: httpx2.Request) -> None:
+        given = request.extensions.get("timeout") or {}
+        request.extensions["timeout"] = {
+            phase: given.get(phase) if given.get(phase) is not None else self.seconds
+            for phase in ("connect", "read", "write", "pool")
+        }
+
+
+def set_request_timeout(seconds: float) -> None:
+    """Give every request of this process's Hub client (`huggingface_hub.get_session()`) a stall timeout of
+    `seconds` where it has none. Called before each push: the client is re-created after a fork or a new factory."""
+    hooks = get_session().event_hooks["request"]  # the client's own list: appending changes the client
+    for hook in hooks:
+        if isinstance(hook, _StallTimeout):
+            hook.seconds = seconds
+            return
+    hooks.append(_StallTimeout(seconds))
+
+
+def command_line_token_error(argv) -> str | None:
+    """The one-line error for a Hub token given on the command line (`--hub_token`, `--hub-token`, `--hub_token=…`
+    or a prefix of it), else None. The message never contains the token."""
+    for arg in argv:
+        name = str(arg).split("=", 1)[0].replace("-", "_")
+        if name.startswith("__hub_t") and TOKEN_FLAG.replace("-", "_").startswith(name):
+            return (
+                "hub_token is refused on the command line: shell history and `ps` keep it, and `accelerate launch` "
+                "prints the whole command of a run that fails (this refusal too, unless --quiet: revoke a token "
+                "typed here). Set HF_TOKEN, run `hf auth login`, or put hub_token in the YAML config file."
+            )
+    return None
 
 
 @dataclass
@@ -164,6 +221,8 @@ class HubPublisher:
         token: a token to use instead of `HF_TOKEN` / the login; kept only by the client, never logged.
         retry: how often and how long to retry a failed push.
         endpoint: the Hub's URL; default `HF_ENDPOINT` (https://huggingface.co).
+        request_timeout: seconds a request may go without progress (connect, read, write) before it fails and
+            its push is retried; applied to this process's Hub client (see `set_request_timeout`).
     """
 
     def __init__(
@@ -174,10 +233,12 @@ class HubPublisher:
         private: bool | None = None,
         retry: RetryPolicy | None = None,
         endpoint: str | None = None,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
     ):
         self.repo_id = repo_id
         self.private = private
         self.retry = retry or RetryPolicy()
+        self.request_timeout = request_timeout
         self.results: list[PushResult] = []
         self._api = HfApi(endpoint=endpoint, token=token)
         self._repo_ready = False
@@ -194,7 +255,13 @@ class HubPublisher:
     @classmethod
     def from_training_args(cls, args) -> HubPublisher:
         retry = RetryPolicy(args.hub_push_attempts, args.hub_retry_delay, args.hub_retry_max_delay)
-        return cls(args.hub_model_id, token=args.hub_token, private=args.hub_private_repo, retry=retry)
+        return cls(
+            args.hub_model_id,
+            token=args.hub_token,
+            private=args.hub_private_repo,
+            retry=retry,
+            request_timeout=args.hub_request_timeout,
+        )
 
     # ---- background pushes ---------------------------------------------------------------------------------------
 
@@ -287,6 +354,7 @@ class HubPublisher:
         return self._root
 
     def _push_once(self, job: PushJob) -> tuple[str, str]:
+        set_request_timeout(self.request_timeout)
         api = self._api
         if not self._repo_ready:
             self.repo_id = api.create_repo(self.repo_id, private=self.private, exist_ok=True).repo_id
@@ -295,7 +363,8 @@ class HubPublisher:
         remote: set[str] = set()
         if job.revision in heads:
             remote = set(api.list_repo_files(self.repo_id, revision=job.revision))
-            if job.skip_if_published and "config.json" in remote and remote.intersection(WEIGHT_FILES):
+            configs = {"config.json", "adapter_config.json"}
+            if job.skip_if_published and remote.intersection(configs) and remote.intersection(WEIGHT_FILES):
                 return heads[job.revision], "skipped"
         else:
             # From the repo's first commit, not main's head: the branch then holds a model only once our commit
@@ -334,7 +403,8 @@ def take_over_hub_push(args) -> HubPublisher | None:
     It takes pushing over from the Trainer, which would create the repo in its constructor and push synchronously
     at every save, so that one failed request would stop training: `args.push_to_hub` is turned off. And
     `args.hub_token` is cleared, so a token given on the command line is not pickled into every checkpoint's
-    `training_args.bin`: from here on it lives only in the publisher's client.
+    `training_args.bin` (a token from the YAML file: the command line refuses it): from here on it lives only in
+    the publisher's client.
     """
     if not args.push_to_hub:
         return None

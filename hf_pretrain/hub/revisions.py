@@ -9,7 +9,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from hf_pretrain.hub.publisher import DEFAULT_REVISION_TEMPLATE, HubPublisher
-from hf_pretrain.hub.run import checkpoint_job, list_checkpoints
+from hf_pretrain.hub.run import checkpoint_job, list_checkpoints, publishing_problem
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +20,8 @@ class HubRevisionsCallback(TrainerCallback):
     The push runs in the publisher's thread, so training goes on at once; it never raises into training, and the
     checkpoint folder is left as it is. At the start of a resumed run, the checkpoints already in `output_dir` are
     queued too (a push may have been cut short by the interruption): the branches already on the Hub are skipped,
-    so nothing is uploaded twice. Only the main process pushes.
+    so nothing is uploaded twice. A checkpoint that is not complete (`publishing_problem`, e.g. one half written
+    when the earlier run was killed) is not pushed, and the log says why. Only the main process pushes.
 
     Args:
         publisher: the `HubPublisher` of the run's repository.
@@ -35,7 +36,7 @@ class HubRevisionsCallback(TrainerCallback):
         publisher: HubPublisher,
         template: str = DEFAULT_REVISION_TEMPLATE,
         license: str = "other",
-        wait_at_train_end: float | None = 3600.0,
+        wait_at_train_end: float | None = 600.0,
     ):
         self.publisher = publisher
         self.template = template
@@ -46,6 +47,10 @@ class HubRevisionsCallback(TrainerCallback):
     def _queue(self, checkpoint_dir: str, run_dir: str) -> None:
         name = os.path.basename(checkpoint_dir)
         if name in self._queued or not os.path.isdir(checkpoint_dir):
+            return
+        problem = publishing_problem(checkpoint_dir)
+        if problem:
+            logger.warning("Hub: not pushing %s: it is not a complete, loadable model (%s).", checkpoint_dir, problem)
             return
         try:
             self.publisher.submit(checkpoint_job(checkpoint_dir, run_dir, self.template, self.license))
