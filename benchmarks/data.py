@@ -1,6 +1,8 @@
 """Data pipeline figures on the shared corpus (tinyshakespeare) and a synthetic 4x concatenation of it.
 
-    python benchmarks/data.py [--corpus ../shared/data/tinyshakespeare.txt] [--rounds 5]
+    python benchmarks/data.py [--corpus ../shared/data/tinyshakespeare.txt] [--rounds 5] [--sections 12345]
+    git worktree add ../prep-baseline 972e966 && pip install datasketch   # the baseline of section 5
+    python benchmarks/data.py --sections 5 --baseline ../prep-baseline
 
 1. Tokenize + pack throughput: `tokenize_documents` (datasets.map, batched) + `pack_blocks` (with document
    boundaries), against the tokenizer's own Rust `encode_batch` (ids extracted) on the same documents and cores,
@@ -224,9 +226,11 @@ def prepare_rows(corpus: str, tokenizer_dir: str, workdir: str, runs, baseline: 
         code = baseline if executor == "baseline" else REPO
         out = subprocess.run(
             [sys.executable, "-c", PREPARE_SCRIPT, shake, pydoc, tokenizer_dir, output, executor, str(workers),
-             str(tasks)], capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": code},
+             str(tasks)], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": code},
             cwd=workdir,  # not the repository: python -c puts the working directory first on sys.path
         )  # fmt: skip
+        if out.returncode:
+            raise RuntimeError(f"prepare_data ({executor}, {copies}x) failed:\n{out.stderr[-3000:]}")
         result = json.loads(out.stdout.strip().splitlines()[-1])
         speed = result["documents"] / result["seconds"]
         reference.setdefault(copies, speed if executor == "baseline" else None)
@@ -241,8 +245,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", default=DEFAULT_CORPUS)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--sections", default="12345", help="which sections to run, e.g. 5")
-    parser.add_argument("--copies", type=int, default=16, help="section 5: the largest corpus, tinyshakespeare x N")
+    parser.add_argument("--sections", default="123456", help="which sections to run: 5 speed, 6 memory of 5")
+    parser.add_argument("--copies", type=int, default=16, help="section 5a: the corpus, tinyshakespeare x N")
     parser.add_argument(
         "--baseline", help="section 5: a checkout of the single-process path to compare with (git worktree add "
         "../prep-baseline 972e966; its rows are skipped without it)")  # fmt: skip
@@ -278,12 +282,17 @@ def main(argv=None):
             headers = ["true Jaccard", "kind", "removed", "LSH candidate probability"]
             print(format_table(headers, recall_rows()) + "\n")
         if "5" in args.sections:
-            big, quarter, small = args.copies, max(args.copies // 4, 1), max(args.copies // 16, 1)
-            print(f"5. prepare_data on tinyshakespeare x{big} + pydoc x{4 * big}: documents/s (ratio to the "
-                  "single-process baseline of the same size) and peak RSS (main process; largest worker)\n")  # fmt: skip
-            runs = [(big, "baseline", 1, 1), (big, "local", 1, 4), (big, "local", 2, 4), (big, "ray", 2, 4),
-                    (small, "baseline", 1, 1), (small, "local", 1, 4), (quarter, "baseline", 1, 1),
-                    (quarter, "local", 1, 16), (big, "local", 1, 64)]  # fmt: skip
+            big = args.copies
+            print(f"5a. prepare_data on tinyshakespeare x{big} + pydoc x{4 * big}: documents/s (ratio to the "
+                  "single-process baseline in the same run) and peak RSS (main process; largest worker)\n")  # fmt: skip
+            runs = [(big, "baseline", 1, 1), (big, "local", 1, 4), (big, "local", 2, 4), (big, "ray", 2, 4)]
+            headers = ["corpus", "executor", "workers", "tasks/source", "documents", "seconds", "docs/s",
+                       "vs baseline", "main MiB", "worker MiB"]  # fmt: skip
+            print(format_table(headers, prepare_rows(corpus, tokenizer_dir, workdir, runs, args.baseline)) + "\n")
+        if "6" in args.sections:
+            print("5b. Peak RSS of preparation at 1x, 4x and 16x the corpus, tasks grown with it (one local worker), "
+                  "against the single-process baseline\n")  # fmt: skip
+            runs = [(c, executor, 1, 4 * c) for c in (1, 4, 16) for executor in ("baseline", "local")]
             headers = ["corpus", "executor", "workers", "tasks/source", "documents", "seconds", "docs/s",
                        "vs baseline", "main MiB", "worker MiB"]  # fmt: skip
             print(format_table(headers, prepare_rows(corpus, tokenizer_dir, workdir, runs, args.baseline)))

@@ -1,11 +1,12 @@
 """The flow of one pretraining run, from parsed arguments to a saved, evaluated model.
 
-    arguments → resolve (every setting, once) → resolved_config.yaml → data → model → PretrainingTrainer → save
+    arguments → checks and resolve (preflight.py) → data → model → resolved_config.yaml → PretrainingTrainer → save
 
 Everything that can be checked without the data (unknown keys, block size against the model's positions, missing
-files, the model against the objective, existing checkpoints that would be overwritten) is checked by the resolve
-step, before any data is read or any model is built. After it nothing changes the arguments: the run ends by
-checking that they still serialise to what resolved_config.yaml says.
+files, the model against the objective, existing checkpoints that would be overwritten) is checked by the
+pre-flight checks and the resolve step (`preflight.checked_run`), before any data is read or any model is built; a
+bad input is a `RunRefused` (one line, exit status 2, nothing written). After it nothing changes the arguments: the
+run ends by checking that they still serialise to what resolved_config.yaml says.
 """
 
 from __future__ import annotations
@@ -25,16 +26,18 @@ from hf_pretrain.document_attention import ISOLATED
 from hf_pretrain.eurobert_export import save_eurobert
 from hf_pretrain.hub.publisher import take_over_hub_push
 from hf_pretrain.hub.revisions import hub_revision_callbacks
-from hf_pretrain.hub.run import publish_final_model
+from hf_pretrain.hub.run import HUB_STATUS_FILE, HubPublishingIncomplete, publish_final_model
 from hf_pretrain.lora_export import save_lora_result
 from hf_pretrain.model_families import DECODER
 from hf_pretrain.modeling_masked_llama import LlamaForMaskedLM
 from hf_pretrain.models import add_lora, build_config, build_model, count_parameters, load_model
 from hf_pretrain.objectives import CollatorContext
-from hf_pretrain.resolve import ResolvedRun, resolve_run, resolved_text, write_resolved
+from hf_pretrain.preflight import checked_run, refusals
+from hf_pretrain.resolve import ResolvedRun, resolved_text, write_resolved
 from hf_pretrain.training import setup
 from hf_pretrain.training.attention import probe_attention, set_direction
 from hf_pretrain.training.distributed import describe_batch
+from hf_pretrain.training.plots import RunPlotsCallback
 from hf_pretrain.training.trainer import PretrainingTrainer
 
 logger = logging.getLogger("hf_pretrain")
@@ -122,7 +125,7 @@ def describe_resolved_run(model_args, data_args, training_args) -> str:
     (parameters, tokens, FLOPs, GPU-hours) as YAML comments. No data is read and no weights are allocated."""
     from hf_pretrain.planning.dry_run import dry_run_plan
 
-    run = resolve_run(model_args, data_args, training_args)
+    run = checked_run(model_args, data_args, training_args)  # the checks of a real run: a dry run is its pre-flight
     resolved = resolved_text(model_args, data_args, training_args, run)
     return f"{resolved}\n{dry_run_plan(model_args, data_args, training_args, run)}"
 
@@ -130,28 +133,25 @@ def describe_resolved_run(model_args, data_args, training_args) -> str:
 def run_pretraining(model_args: ModelArguments, data_args: DataArguments, training_args: PretrainingArguments):
     """Train, save and evaluate; returns the final metrics (train and eval)."""
     _setup_logging(training_args)
+    run = checked_run(model_args, data_args, training_args)  # a bad input: RunRefused, one line, nothing written
     publisher = take_over_hub_push(training_args)  # push_to_hub: pushes in the background, never stopping training
-    run = resolve_run(model_args, data_args, training_args)
     resolved = resolved_text(model_args, data_args, training_args, run)
     logger.info("Resolved config:\n%s", resolved)
-    if training_args.process_index == 0:
-        write_resolved(resolved, training_args.output_dir)
 
-    data = build_data(model_args, data_args, training_args)
-    tokenizer = data.tokenizer
-    check_special_tokens(tokenizer, run.spec)
-    check_documents_kept(data, run)
-    if data.evaluation is None and run.evaluation:  # e.g. a Hub dataset that turned out to have no validation split
-        raise ValueError(
-            f"eval_strategy={training_args.eval_strategy!r}, but the {run.data_path} data holds nothing out: set "
-            "validation_fraction > 0, give validation_files, or set eval_strategy: no."
-        )
-    if run.total_steps is None:  # a run by epochs: its length, hence its plan and schedule, follow from the data
-        run = run.with_total_steps(total_steps(training_args, data.train), training_args)
-        resolved = resolved_text(model_args, data_args, training_args, run)
-        if training_args.process_index == 0:
-            write_resolved(resolved, training_args.output_dir)
-    curriculum = setup.build_curriculum(data, data_args, training_args)
+    with refusals():  # what only the data can show (no document, nothing held out, ...) is a bad input too
+        data = build_data(model_args, data_args, training_args)
+        tokenizer = data.tokenizer
+        check_special_tokens(tokenizer, run.spec)
+        check_documents_kept(data, run)
+        if data.evaluation is None and run.evaluation:  # e.g. a Hub dataset that has no validation split after all
+            raise ValueError(
+                f"eval_strategy={training_args.eval_strategy!r}, but the {run.data_path} data holds nothing out: set "
+                "validation_fraction > 0, give validation_files, or set eval_strategy: no."
+            )
+        if run.total_steps is None:  # a run by epochs: its length, hence its plan and schedule, follow from the data
+            run = run.with_total_steps(total_steps(training_args, data.train), training_args)
+            resolved = resolved_text(model_args, data_args, training_args, run)
+        curriculum = setup.build_curriculum(data, data_args, training_args)
 
     transformers.set_seed(training_args.seed)
     model = prepare_model(model_args, tokenizer, run)
@@ -185,6 +185,9 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments, traini
         schedule=run.schedule,
         callbacks=hub_revision_callbacks(publisher, training_args),  # each checkpoint to its own branch
     )
+    # output_dir/plots/ at each save and at the end, with the resolved WSD phases and objective switches marked
+    switches = run.plan.phases[1:] if run.plan is not None else ()
+    trainer.add_callback(RunPlotsCallback(schedule=run.schedule, switches=switches))
     # curriculum and document_lengths through the collator wrapper, data callbacks
     setup.attach(
         trainer,
@@ -194,6 +197,9 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments, traini
         documents=run.document_attention == ISOLATED,
         padding_free=not data_args.packing,
     )
+    # Written when training starts, not before: a run refused by a check leaves an earlier run's file as it was.
+    if training_args.process_index == 0:
+        write_resolved(resolved, training_args.output_dir)
     setup.restore(data, run.resume_from)  # a stream continues where the checkpoint left it
     train_result = trainer.train(resume_from_checkpoint=run.resume_from)
     if model_args.lora_rank:  # the merged model in output_dir, the adapter alone in output_dir/adapter/
@@ -218,9 +224,12 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments, traini
         trainer.save_metrics("eval", eval_metrics)
         metrics.update(eval_metrics)
     trainer.save_state()
-    if publisher is not None:  # the final model and its card, after the pending checkpoint pushes; reports failures
-        publish_final_model(publisher, trainer)
+    # The final model and its card, after the pending checkpoint pushes; waits at most hub_wait_timeout in all.
+    published = publish_final_model(publisher, trainer) if publisher is not None else True
     check_unchanged(resolved, model_args, data_args, training_args, run)
+    if not published:  # everything is trained and saved: only the exit status (3) and hub_status.json tell
+        status = os.path.join(training_args.output_dir, HUB_STATUS_FILE)
+        raise HubPublishingIncomplete(f"the run is saved, but not everything reached the Hub: see {status}", metrics)
     return metrics
 
 

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import yaml
 from transformers import AutoConfig, HfArgumentParser
-from transformers.trainer_utils import get_last_checkpoint
 from transformers.training_args import ParallelMode
 
 from hf_pretrain.arguments import DataArguments, ModelArguments, PretrainingArguments
@@ -44,7 +43,15 @@ from hf_pretrain.objectives import (
 from hf_pretrain.presets import preset_settings
 from hf_pretrain.run_layout import RESOLVED_CONFIG_FILE
 from hf_pretrain.schedules import WSDSchedule, cooldown_schedule, resolve_steps, wsd_schedule
+from hf_pretrain.training.checkpoints import (
+    INCOMPLETE_DIR,
+    checkpoint_problem,
+    find_checkpoints,
+    interrupted_before_any_checkpoint,
+)
 from hf_pretrain.training.distributed import check_deepspeed_config, resolve_global_batch
+from hf_pretrain.training.fast_paths import check_fast_paths
+from hf_pretrain.training.fsdp import check_fsdp
 
 logger = logging.getLogger(__name__)
 
@@ -109,12 +116,19 @@ def source_config(model_args: ModelArguments):
 
 
 def resolve_checkpoint(training_args: PretrainingArguments) -> str | None:
-    """The checkpoint to resume from: a path, or `true`/`last` for the newest one in output_dir.
+    """The checkpoint to resume from: a path, or `true`/`last` for the newest *complete* one in output_dir.
 
-    A fresh run into an output_dir that already holds checkpoints stops here instead of overwriting them.
+    A fresh run into an output_dir that already holds complete checkpoints stops here instead of overwriting them.
+    Half-written or corrupt `checkpoint-N` folders (a job killed while saving) are reported by name and skipped, and
+    never block a start: the run moves them to incomplete_checkpoints/ when it starts (PretrainingTrainer.train),
+    not here, since a dry run resolves too and writes nothing.
     """
     requested = training_args.resume_from_checkpoint
-    last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+    complete, broken = find_checkpoints(training_args.output_dir)
+    last = complete[-1] if complete else None
+    if training_args.process_index == 0:
+        for folder, problem in broken:
+            logger.warning("Skipping %s: %s (moved to %s/ when the run starts).", folder, problem, INCOMPLETE_DIR)
     if requested in (None, "", "false", "False"):
         if last is not None:
             raise ValueError(
@@ -123,11 +137,25 @@ def resolve_checkpoint(training_args: PretrainingArguments) -> str | None:
             )
         return None
     if str(requested).lower() in ("true", "last"):
+        if last is None and (broken or interrupted_before_any_checkpoint(training_args.output_dir)):
+            # killed before or during its first save: nothing to resume, nothing to lose (a requeued job just runs)
+            logger.warning(
+                "resume_from_checkpoint=%r: no complete checkpoint yet, the run starts at step 0.", requested
+            )
+            return None
         if last is None:
             raise ValueError(f"resume_from_checkpoint={requested!r}, but output_dir has no checkpoint-* folder.")
+        if training_args.process_index == 0:
+            logger.info("Resuming from %s, the newest complete checkpoint.", last)
         return last
     if not os.path.isdir(requested):
         raise ValueError(f"resume_from_checkpoint: no such checkpoint folder {requested!r}.")
+    problem = checkpoint_problem(requested)
+    if problem is not None:
+        raise ValueError(
+            f"resume_from_checkpoint={requested!r} is not a complete checkpoint: {problem}; name another "
+            "checkpoint-N folder, or pass true for the newest complete one."
+        )
     return requested
 
 
@@ -136,6 +164,14 @@ def planned_schedule(args: PretrainingArguments, total_steps: int) -> WSDSchedul
     if args.cooldown_from:  # its optimizer state is fresh: an optional short warmup, then the decay
         warmup = resolve_steps(args.warmup_steps, total_steps, "warmup_steps")
         return cooldown_schedule(total_steps - warmup, args.decay_type, args.min_lr_ratio, warmup_steps=warmup)
+    warmup = resolve_steps(args.warmup_steps, total_steps, "warmup_steps")
+    decay = resolve_steps(args.decay_steps, total_steps, "decay_steps")
+    if warmup + decay > total_steps:  # said with the fields to change (wsd_schedule's own message names neither)
+        raise ValueError(
+            f"warmup_steps={args.warmup_steps:g} ({warmup} steps) + decay_steps={args.decay_steps:g} ({decay} steps) "
+            f"= {warmup + decay} steps exceeds total_steps={total_steps} (max_steps): shorten them (a value < 1 is "
+            "a fraction of the run) or raise max_steps."
+        )
     return wsd_schedule(
         total_steps, args.warmup_steps, args.decay_steps, decay_type=args.decay_type, min_lr_ratio=args.min_lr_ratio
     )
@@ -232,7 +268,16 @@ def resolve_run(model_args: ModelArguments, data_args: DataArguments, training_a
     attn = model_args.attn_implementation = resolve_attention(
         config, model_args.attn_implementation, training_args.device.type
     )
+    # bf16, flash attention, torch_compile, fused AdamW, Liger: each switch checked against the run before any work
+    check_fast_paths(
+        training_args,
+        attn_implementation=attn,
+        model_type=config.model_type,
+        prefix_mask=spec.uses_4d_mask(family_of(config).kind == DECODER),
+        padding_free=not data_args.packing,
+    )
     check_model_fits_objective(spec, config, attn, training_args)
+    check_fsdp(training_args, config, masked_decoder=spec.masked_lm)  # FSDP on a GPU, shard layers it has
     kind = family_of(config).kind
     documents = resolve_document_attention(data_args.document_attention, config, spec, attn)
     padding_free = not data_args.packing
