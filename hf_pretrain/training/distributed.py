@@ -41,7 +41,7 @@ def check_deepspeed_config(config: str | Mapping | None) -> None:
             "The DeepSpeed config uses ZeRO-3 without zero_optimization.stage3_gather_16bit_weights_on_model_save: "
             "true, so saved models would hold only shards that from_pretrained cannot load. Set it to true."
         )
-    for block, owner in (("scheduler", "the WSD schedule (decay_steps, decay_type, ...)"), ("optimizer", "optim")):
+    for block, owner in (("scheduler", "WSD schedule (decay_steps, decay_type, ...)"), ("optimizer", "optim")):
         if block in loaded:
             raise ValueError(
                 f"The DeepSpeed config has a {block!r} block, which would silently replace the Trainer's {owner}. "
