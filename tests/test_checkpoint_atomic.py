@@ -227,6 +227,13 @@ def test_a_run_killed_inside_a_save_resumes_with_the_uninterrupted_losses(tmp_pa
     assert sorted(losses(first)) == [1, 2] and losses(first)[1] == losses(reference)[1]  # its schedule is shorter
     assert os.listdir(os.path.join(first, INCOMPLETE_DIR)) == ["checkpoint-2"]
 
+    # Killed after its last checkpoint (in the final save or evaluation): the resume trains no step past max_steps.
+    done = str(tmp_path / "done")
+    shutil.copytree(reference, done)
+    os.remove(os.path.join(done, "trainer_state.json"))
+    pretrain.main([*TINY, "--output_dir", done, "--resume_from_checkpoint", "true"])
+    assert losses(done) == losses(reference) and sorted(losses(done)) == list(range(1, 9))
+
 
 @pytest.mark.slow
 def test_two_processes_killed_before_the_rename_resume_exactly(tmp_path):

@@ -138,6 +138,14 @@ class PretrainingTrainer(Trainer):
             set_aside_incomplete(self.args.output_dir, keep=self._resume_from)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
+    def _run_epoch(self, *args, **kwargs):
+        # Resumed from the run's last checkpoint (killed in its final save or evaluation): the Trainer's loop looks
+        # for the end only after a step, so it would train one step past max_steps. Nothing is left to train.
+        if 0 < self.state.max_steps <= self.state.global_step:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
     # ---- atomic checkpoints ----------------------------------------------------------------------------------------
 
     _checkpoint_run_dir: str | None = None  # the staging folder while atomic_save runs
