@@ -16,37 +16,19 @@ trainer probes the real model again at its first step and after every switch of 
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
 
 import torch
-from transformers.integrations import deepspeed as hf_deepspeed
-from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
 from hf_pretrain.model_families import ENCODER_DECODER, family_of
 from hf_pretrain.modeling_masked_llama import shrunk_config
 from hf_pretrain.models import build_model
 from hf_pretrain.training.attention import set_direction
+from hf_pretrain.training.distributed import outside_zero3
 from hf_pretrain.training.document_mask import supports_document_mask
 
 logger = logging.getLogger(__name__)
 
 ISOLATED, SHARED = "isolated", "shared"
-
-
-@contextmanager
-def _outside_zero3():
-    """Build the probe model whole: under ZeRO-3, transformers would partition it across the processes at init
-    (zero.Init), leaving its weights empty here. transformers holds the run's DeepSpeed config only as a module-level
-    weak reference (set by TrainingArguments or accelerate's plugin): cleared for the probe, then put back."""
-    if not is_deepspeed_zero3_enabled():
-        yield
-        return
-    reference = hf_deepspeed._hf_deepspeed_config_weak_ref
-    hf_deepspeed.unset_hf_deepspeed_config()
-    try:
-        yield
-    finally:
-        hf_deepspeed._hf_deepspeed_config_weak_ref = reference
 
 
 def isolation_problem(config, spec, attn_implementation: str) -> str | None:
@@ -60,7 +42,7 @@ def isolation_problem(config, spec, attn_implementation: str) -> str | None:
     if small is None:
         return f"no small {config.model_type} model could be built to probe it"
     for phase in spec.phases:
-        with torch.random.fork_rng(devices=[]), _outside_zero3():  # the run's seed stays put
+        with torch.random.fork_rng(devices=[]), outside_zero3():  # whole, not partitioned; the run's seed stays put
             torch.manual_seed(0)
             model = build_model(small, attn_implementation=attn_implementation, masked_decoder=phase.masked_lm)
         set_direction(model, phase.attention)
